@@ -1,0 +1,100 @@
+"""Small shared helpers: padded batches, distributed state, file I/O."""
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+class NestedTensor:
+    """A padded batch and its padding mask (True on padding), as the model takes it."""
+
+    def __init__(self, tensors: Tensor, mask: Optional[Tensor]):
+        self.tensors = tensors
+        self.mask = mask
+
+    def to(self, device, non_blocking=False):
+        mask = None if self.mask is None else self.mask.to(device, non_blocking=non_blocking)
+        return NestedTensor(self.tensors.to(device, non_blocking=non_blocking), mask)
+
+    def decompose(self):
+        return self.tensors, self.mask
+
+    def __repr__(self):
+        return f'NestedTensor(tensors={tuple(self.tensors.shape)}, mask={None if self.mask is None else tuple(self.mask.shape)})'
+
+
+def _max_by_axis(shapes):
+    return [max(sizes) for sizes in zip(*shapes)]
+
+
+def nested_tensor_from_tensor_list(tensor_list: List[Tensor]) -> NestedTensor:
+    """Pad `[C, H, W]` tensors to the largest H and W: tensors `[B, C, H, W]`, mask `[B, H, W]`."""
+    batch_shape = [len(tensor_list)] + _max_by_axis([list(t.shape) for t in tensor_list])
+    b, _, h, w = batch_shape
+    first = tensor_list[0]
+    tensors = torch.zeros(batch_shape, dtype=first.dtype, device=first.device)
+    mask = torch.ones((b, h, w), dtype=torch.bool, device=first.device)
+    for t, padded, m in zip(tensor_list, tensors, mask):
+        padded[:, :t.shape[1], :t.shape[2]].copy_(t)
+        m[:t.shape[1], :t.shape[2]] = False
+    return NestedTensor(tensors, mask)
+
+
+def nested_tensor_from_videos_list(videos_list: List[Tensor]) -> NestedTensor:
+    """Pad `[T, C, H, W]` videos to the largest T, H and W: tensors `[T, B, C, H, W]`, mask `[T, B, H, W]`."""
+    b = len(videos_list)
+    t, c, h, w = _max_by_axis([list(v.shape) for v in videos_list])
+    first = videos_list[0]
+    videos = torch.zeros((b, t, c, h, w), dtype=first.dtype, device=first.device)
+    mask = torch.ones((b, t, h, w), dtype=torch.bool, device=first.device)
+    for v, padded, m in zip(videos_list, videos, mask):
+        padded[:v.shape[0], :, :v.shape[2], :v.shape[3]].copy_(v)
+        m[:v.shape[0], :v.shape[2], :v.shape[3]] = False
+    return NestedTensor(videos.transpose(0, 1), mask.transpose(0, 1))
+
+
+def is_dist_avail_and_initialized():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size():
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank():
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def atomic_write(path, write_fn, mode='wb'):
+    """Write a file through `write_fn(file)` into a temporary file beside it, then rename it into place.
+
+    A crash or a full disk leaves the previous file untouched instead of a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def cache_dir(configured: str) -> Path:
+    """The cache directory for sample lists and evaluation ground truth (never inside the source tree)."""
+    path = Path(os.path.expanduser(os.path.expandvars(configured)))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
