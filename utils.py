@@ -98,3 +98,20 @@ def cache_dir(configured: str) -> Path:
     path = Path(os.path.expanduser(os.path.expandvars(configured)))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def read_checkpoint(path):
+    """Read a checkpoint file with `weights_only=True`, with an error that names the file when it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:
+        raise RuntimeError(f'could not read checkpoint {path} ({type(error).__name__}: {error}); the file is '
+                           'truncated or not a PyTorch checkpoint') from error
+
+
+def save_checkpoint(checkpoint, path):
+    """Save atomically: the previous file at `path` stays intact if writing fails."""
+    atomic_write(path, lambda f: torch.save(checkpoint, f))

@@ -1,0 +1,46 @@
+"""The MTTR network, its loss and its post-processing, built from the run's config."""
+from models.mttr import MTTR
+from models.multimodal_transformer import MultimodalTransformer
+from models.swin_transformer import build_backbone
+from models.text_encoder import build_text_encoder
+
+
+def build_network(config) -> MTTR:
+    """The network alone. The Kinetics backbone weights are read only when training with backbone_pretrained."""
+    backbone = build_backbone(config.backbone_pretrained, config.backbone_pretrained_path, config.train_backbone,
+                              load_pretrained=config.running_mode == 'train')
+    text_encoder, tokenizer = build_text_encoder(config.text_encoder_type, config.text_encoder_pretrained)
+    transformer = MultimodalTransformer(text_encoder, tokenizer, config.num_encoder_layers, config.num_decoder_layers,
+                                        config.d_model, config.nheads, config.dim_feedforward, config.dropout,
+                                        config.freeze_text_encoder)
+    return MTTR(backbone, transformer, config.num_queries, config.mask_kernels_dim, config.aux_loss)
+
+
+def build_model(config):
+    """Returns `(model, criterion, postprocessor)` for the config's dataset."""
+    from models import criterion, postprocessing
+    return build_network(config), criterion.build(config), postprocessing.build(config)
+
+
+def load_model_weights(model, checkpoint_or_path):
+    """Load weights into `model` (strict) from a checkpoint dict or file: an official MTTR checkpoint (a dict with
+    'model_state_dict'), one of ours, or a bare state_dict. A mismatch lists the missing and unexpected keys."""
+    from utils import read_checkpoint
+    source = checkpoint_or_path if isinstance(checkpoint_or_path, dict) else read_checkpoint(checkpoint_or_path)
+    name = 'the checkpoint' if isinstance(checkpoint_or_path, dict) else str(checkpoint_or_path)
+    state_dict = source.get('model_state_dict', source)
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
+        raise ValueError(f"{name} holds no model weights: expected a dict with 'model_state_dict' or a state_dict")
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state_dict) - {'transformer.text_encoder.embeddings.position_ids'})
+    unexpected = sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        def listing(keys):
+            return ', '.join(keys[:10]) + (f' ... ({len(keys)} in all)' if len(keys) > 10 else '') or 'none'
+        raise KeyError(f'{name} does not fit this model (check the config it was trained with): '
+                       f'missing keys: {listing(missing)}; unexpected keys: {listing(unexpected)}')
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f'{name} does not fit this model: {error}') from error
+    return source

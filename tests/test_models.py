@@ -1,0 +1,229 @@
+"""The network against the original: state_dict manifest, golden forward outputs, checkpoint formats."""
+import collections
+import json
+import sys
+
+import pytest
+import torch
+
+from config import load_config
+from models import build_network, load_model_weights
+from models.swin_transformer import VideoSwinBackbone, adapt_kinetics_state_dict, load_kinetics_weights
+from models.text_encoder import build_text_encoder
+from utils import NestedTensor, save_checkpoint
+
+POSITION_IDS_KEY = 'transformer.text_encoder.embeddings.position_ids'
+
+
+def parity_config(shared_dir, **overrides):
+    sets = [f'text_encoder_type={shared_dir / "parity" / "roberta-base"}', 'text_encoder_pretrained=false',
+            'backbone_pretrained=false'] + [f'{k}={v}' for k, v in overrides.items()]
+    return load_config('configs/a2d_sentences.yaml', sets, running_mode='eval', device='cpu')
+
+
+@pytest.fixture(scope='module')
+def deterministic_state_dict(shared_dir):
+    sys.path.insert(0, str(shared_dir / 'parity'))
+    try:
+        from weights import deterministic_state_dict
+    finally:
+        sys.path.pop(0)
+    return deterministic_state_dict
+
+
+@pytest.fixture(scope='module')
+def model(shared_dir, deterministic_state_dict):
+    torch.manual_seed(0)
+    model = build_network(parity_config(shared_dir))
+    model.load_state_dict(deterministic_state_dict(model.state_dict()), strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def manifest(shared_dir):
+    return json.loads((shared_dir / 'parity' / 'mttr_state_dict.json').read_text())
+
+
+def test_state_dict_has_the_official_keys_and_shapes(model, manifest):
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    official = {e['key']: e['shape'] for e in manifest['entries']}
+    assert ours == official
+    assert sum(p.numel() for p in model.parameters()) == manifest['num_parameters']
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == manifest['num_trainable_parameters']
+
+
+def test_state_dict_order_matches_outside_roberta(model, manifest):
+    def outside_roberta(keys):
+        return [k for k in keys if not k.startswith('transformer.text_encoder.')]
+    assert outside_roberta(model.state_dict()) == outside_roberta(e['key'] for e in manifest['entries'])
+    # RoBERTa's own entries sit where the original has them: between the decoder and txt_proj
+    keys = list(model.state_dict())
+    roberta = [i for i, k in enumerate(keys) if k.startswith('transformer.text_encoder.')]
+    assert keys[roberta[0] - 1] == 'transformer.decoder.norm.bias'
+    assert keys[roberta[-1] + 1] == 'transformer.txt_proj.fc.weight'
+    assert roberta == list(range(roberta[0], roberta[-1] + 1))
+
+
+def max_relative_error(ours, expected):
+    return ((ours - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize('case', ['single', 'padded'])
+def test_forward_matches_the_original(model, golden, case):
+    inputs, expected = golden['cases'][case]['inputs'], golden['cases'][case]['outputs']
+    with torch.inference_mode():
+        out = model(NestedTensor(inputs['samples'], inputs['mask']), inputs['valid_indices'], inputs['text_queries'])
+    pairs = [(out, expected)] + list(zip(out['aux_outputs'], expected['aux_outputs']))
+    assert len(out['aux_outputs']) == len(expected['aux_outputs']) == 2
+    for ours, theirs in pairs:
+        for key in ('pred_masks', 'pred_is_referred'):
+            assert ours[key].shape == theirs[key].shape
+            assert max_relative_error(ours[key], theirs[key]) <= 1e-4, key
+
+
+def test_text_queries_change_the_output(model, golden):
+    """The tolerance above is meaningful: another query moves the masks far more than 1e-4."""
+    inputs, expected = golden['cases']['single']['inputs'], golden['cases']['single']['outputs']
+    with torch.inference_mode():
+        out = model(NestedTensor(inputs['samples'], inputs['mask']), inputs['valid_indices'], ['a dog'])
+    assert max_relative_error(out['pred_masks'], expected['pred_masks']) > 1e-3
+
+
+def official_checkpoint(model, deterministic_state_dict, manifest):
+    """A checkpoint laid out as the original trainer writes it (keys in the manifest's order)."""
+    weights = deterministic_state_dict(model.state_dict())
+    state_dict = {e['key']: weights[e['key']] for e in manifest['entries']}
+    head = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-4)
+    head(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[50], gamma=0.4)
+    return {'epoch': 69, 'total_epochs': 70, 'model_state_dict': state_dict,
+            'optimizer_state_dict': optimizer.state_dict(), 'scheduler_state_dict': scheduler.state_dict(),
+            'grad_scaler_state_dict': {}, 'best_mAP': 0.461}
+
+
+def test_official_checkpoint_file_loads_with_weights_only(model, deterministic_state_dict, manifest, tmp_path,
+                                                          golden):
+    checkpoint = official_checkpoint(model, deterministic_state_dict, manifest)
+    assert isinstance(checkpoint['scheduler_state_dict']['milestones'], collections.Counter)
+    path = tmp_path / 'official.pth.tar'
+    torch.save(checkpoint, path)
+    fresh_weights = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(fresh_weights)
+    try:
+        loaded = load_model_weights(model, path)
+        assert loaded['scheduler_state_dict']['milestones'] == collections.Counter({50: 1})
+        inputs, expected = golden['cases']['padded']['inputs'], golden['cases']['padded']['outputs']
+        with torch.inference_mode():
+            out = model(NestedTensor(inputs['samples'], inputs['mask']), inputs['valid_indices'],
+                        inputs['text_queries'])
+        assert max_relative_error(out['pred_masks'], expected['pred_masks']) <= 1e-4
+    finally:
+        model.load_state_dict(deterministic_state_dict(model.state_dict()))
+
+
+def test_our_checkpoints_carry_the_official_keys(model, manifest):
+    assert POSITION_IDS_KEY in model.state_dict()
+    assert torch.equal(model.state_dict()[POSITION_IDS_KEY], torch.arange(514).unsqueeze(0))
+
+
+def test_position_ids_may_be_absent_but_must_be_right_when_present(model):
+    state_dict = model.state_dict()
+    without = {k: v for k, v in state_dict.items() if k != POSITION_IDS_KEY}
+    model.load_state_dict(without, strict=True)
+    wrong = dict(state_dict, **{POSITION_IDS_KEY: torch.arange(514).flip(0).unsqueeze(0)})
+    with pytest.raises(ValueError, match='position_ids'):
+        model.load_state_dict(wrong, strict=True)
+
+
+def test_foreign_checkpoint_lists_missing_and_unexpected_keys(model, tmp_path):
+    state_dict = dict(model.state_dict())
+    state_dict.pop('is_referred_head.weight')
+    state_dict['class_embed.weight'] = torch.zeros(3)
+    path = tmp_path / 'foreign.pth'
+    torch.save(state_dict, path)
+    with pytest.raises(KeyError, match=r'missing keys: is_referred_head\.weight.*unexpected keys: class_embed'):
+        load_model_weights(model, path)
+
+
+def test_truncated_and_missing_checkpoints_name_the_file(model, tmp_path):
+    path = tmp_path / 'truncated.pth'
+    save_checkpoint({'model_state_dict': {'a': torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(RuntimeError, match='truncated.pth'):
+        load_model_weights(model, path)
+    with pytest.raises(FileNotFoundError, match='nothere.pth'):
+        load_model_weights(model, tmp_path / 'nothere.pth')
+
+
+def test_unreadable_text_encoder_says_how_to_work_offline(tmp_path):
+    with pytest.raises(OSError, match='text_encoder_type') as error:
+        build_text_encoder(str(tmp_path / 'no_such_model'), pretrained=False)
+    assert 'no_such_model' in str(error.value)
+
+
+def test_text_encoder_from_local_directory_with_weights(shared_dir, tmp_path):
+    """text_encoder_pretrained loads saved weights from a local directory (a small RoBERTa made here)."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+    config = RobertaConfig(vocab_size=873, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=40)
+    torch.manual_seed(1)
+    RobertaModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(shared_dir / 'parity' / 'tokenizer').save_pretrained(tmp_path)
+    saved = RobertaModel.from_pretrained(tmp_path, add_pooling_layer=False)
+    pretrained, _ = build_text_encoder(str(tmp_path), pretrained=True)
+    random_init, _ = build_text_encoder(str(tmp_path), pretrained=False)
+    key = 'encoder.layer.0.attention.self.query.weight'
+    assert torch.equal(pretrained.state_dict()[key], saved.state_dict()[key])
+    assert not torch.equal(random_init.state_dict()[key], saved.state_dict()[key])
+
+
+def kinetics_checkpoint(backbone4: VideoSwinBackbone):
+    """The Kinetics-400 Video Swin-T file layout, made from a 4-stage backbone of ours."""
+    state_dict = {}
+    for key, value in backbone4.state_dict().items():
+        if key.startswith('downsamples.'):
+            _, stage, rest = key.split('.', 2)
+            key = f'layers.{stage}.downsample.{rest}'
+        if key == 'patch_embed.proj.weight':  # two temporal taps that sum to the per-frame kernel
+            value = torch.cat([0.25 * value, 0.75 * value], dim=2)
+        state_dict[f'backbone.{key}'] = value
+    state_dict['backbone.norm.weight'] = torch.ones(768)
+    state_dict['backbone.norm.bias'] = torch.zeros(768)
+    state_dict['cls_head.fc_cls.weight'] = torch.zeros(400, 768)
+    return {'meta': {'epoch': 30}, 'state_dict': state_dict}
+
+
+def test_kinetics_weights_are_adapted_and_loaded(tmp_path):
+    torch.manual_seed(2)
+    backbone4 = VideoSwinBackbone(num_stages=4)
+    checkpoint = kinetics_checkpoint(backbone4)
+    assert checkpoint['state_dict']['backbone.patch_embed.proj.weight'].shape == (96, 3, 2, 4, 4)
+    path = tmp_path / 'swin_tiny_patch244_window877_kinetics400_1k.pth'
+    torch.save(checkpoint, path)
+    backbone = VideoSwinBackbone()
+    load_kinetics_weights(backbone, path)
+    ours = backbone.state_dict()
+    assert set(ours) == set(adapt_kinetics_state_dict(checkpoint['state_dict']))
+    assert torch.allclose(ours['patch_embed.proj.weight'], backbone4.state_dict()['patch_embed.proj.weight'])
+    assert torch.equal(ours['downsamples.1.reduction.weight'], backbone4.state_dict()['downsamples.1.reduction.weight'])
+    assert torch.equal(ours['layers.2.blocks.5.mlp.fc2.weight'], backbone4.state_dict()['layers.2.blocks.5.mlp.fc2.weight'])
+
+
+def test_missing_kinetics_weights_name_the_path_and_the_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nowhere.pth.*pretrained_swin_transformer/README.md'):
+        load_kinetics_weights(VideoSwinBackbone(), tmp_path / 'nowhere.pth')
+
+
+def test_fp32_training_step_with_frozen_text_encoder(shared_dir):
+    """The original cannot backpropagate in fp32 (its frozen encoder runs under inference_mode)."""
+    torch.manual_seed(3)
+    model = build_network(parity_config(shared_dir, num_queries=5)).train()
+    samples = NestedTensor(torch.randn(2, 1, 3, 64, 64), torch.zeros(2, 1, 64, 64, dtype=torch.bool))
+    out = model(samples, torch.tensor([1]), ['the dog on the left'])
+    loss = out['pred_masks'].square().mean() + out['pred_is_referred'].square().mean()
+    loss.backward()
+    assert model.transformer.txt_proj.fc.weight.grad.abs().sum() > 0
+    assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.transformer.text_encoder.parameters())
