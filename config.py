@@ -39,6 +39,11 @@ class Config:
     backbone_pretrained: bool = True
     backbone_pretrained_path: str = 'pretrained_swin_transformer/swin_tiny_patch244_window877_kinetics400_1k.pth'
     train_backbone: bool = True
+    # Video Swin sizes (Swin-T by default; smaller values give a model for quick CPU experiments)
+    swin_embed_dim: int = 96
+    swin_depths: List[int] = field(default_factory=lambda: [2, 2, 6, 2])
+    swin_num_heads: List[int] = field(default_factory=lambda: [3, 6, 12, 24])
+    swin_window_size: List[int] = field(default_factory=lambda: [8, 7, 7])
     # multimodal transformer
     num_encoder_layers: int = 3
     num_decoder_layers: int = 3

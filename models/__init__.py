@@ -8,7 +8,9 @@ from models.text_encoder import build_text_encoder
 def build_network(config) -> MTTR:
     """The network alone. The Kinetics backbone weights are read only when training with backbone_pretrained."""
     backbone = build_backbone(config.backbone_pretrained, config.backbone_pretrained_path, config.train_backbone,
-                              load_pretrained=config.running_mode == 'train')
+                              load_pretrained=config.running_mode == 'train', swin_embed_dim=config.swin_embed_dim,
+                              swin_depths=config.swin_depths, swin_num_heads=config.swin_num_heads,
+                              swin_window_size=config.swin_window_size)
     text_encoder, tokenizer = build_text_encoder(config.text_encoder_type, config.text_encoder_pretrained)
     transformer = MultimodalTransformer(text_encoder, tokenizer, config.num_encoder_layers, config.num_decoder_layers,
                                         config.d_model, config.nheads, config.dim_feedforward, config.dropout,

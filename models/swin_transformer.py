@@ -295,6 +295,4 @@ def build_backbone(backbone_pretrained: bool, backbone_pretrained_path: str, tra
                                  train_backbone=train_backbone)
     if backbone_pretrained and load_pretrained:
         load_kinetics_weights(backbone, backbone_pretrained_path)
-        if not train_backbone:  # loading keeps requires_grad, but be explicit
-            backbone.requires_grad_(False)
     return backbone
