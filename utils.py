@@ -32,14 +32,14 @@ def _max_by_axis(shapes):
 
 
 def nested_tensor_from_tensor_list(tensor_list: List[Tensor]) -> NestedTensor:
-    """Pad `[C, H, W]` tensors to the largest H and W: tensors `[B, C, H, W]`, mask `[B, H, W]`."""
+    """Pad `[C, H, W]` tensors to the largest C, H and W: tensors `[B, C, H, W]`, mask `[B, H, W]`."""
     batch_shape = [len(tensor_list)] + _max_by_axis([list(t.shape) for t in tensor_list])
     b, _, h, w = batch_shape
     first = tensor_list[0]
     tensors = torch.zeros(batch_shape, dtype=first.dtype, device=first.device)
     mask = torch.ones((b, h, w), dtype=torch.bool, device=first.device)
     for t, padded, m in zip(tensor_list, tensors, mask):
-        padded[:, :t.shape[1], :t.shape[2]].copy_(t)
+        padded[:t.shape[0], :t.shape[1], :t.shape[2]].copy_(t)
         m[:t.shape[1], :t.shape[2]] = False
     return NestedTensor(tensors, mask)
 

@@ -37,7 +37,18 @@ class HungarianMatcher(nn.Module):
 
         Returns one `(query_indices, target_indices)` pair of int64 tensors per video.
         """
-        num_frames, batch_size, num_queries = outputs['pred_masks'].shape[:3]
+        device = outputs['pred_masks'].device
+        indices = []
+        for video_cost in self.cost_matrices(outputs, targets):
+            query_indices, target_indices = linear_sum_assignment(video_cost)
+            indices.append((torch.as_tensor(query_indices, dtype=torch.int64, device=device),
+                            torch.as_tensor(target_indices, dtype=torch.int64, device=device)))
+        return indices
+
+    @torch.no_grad()
+    def cost_matrices(self, outputs, targets) -> List[Tensor]:
+        """The matching cost of each video on the CPU: [N, N_obj] per video."""
+        batch_size, num_queries = outputs['pred_masks'].shape[1:3]
         objects_per_video = [len(video['masks']) for video in targets[0]]
         for video_index, num_objects in enumerate(objects_per_video):
             if num_objects > num_queries:
@@ -57,14 +68,7 @@ class HungarianMatcher(nn.Module):
         if self.cost_dice != 0:
             cost = cost + self.cost_dice * -dice_coefficient(pred_masks, target_masks)
         cost = cost.view(batch_size, num_queries, -1).cpu()  # [B, N, total_objects]
-
-        device = pred_masks.device
-        indices = []
-        for video_index, video_cost in enumerate(cost.split(objects_per_video, dim=-1)):
-            query_indices, target_indices = linear_sum_assignment(video_cost[video_index])
-            indices.append((torch.as_tensor(query_indices, dtype=torch.int64, device=device),
-                            torch.as_tensor(target_indices, dtype=torch.int64, device=device)))
-        return indices
+        return [columns[video_index] for video_index, columns in enumerate(cost.split(objects_per_video, dim=-1))]
 
 
 def dice_coefficient(inputs: Tensor, targets: Tensor, smooth: float = 1.0) -> Tensor:

@@ -227,3 +227,28 @@ def test_fp32_training_step_with_frozen_text_encoder(shared_dir):
     assert model.transformer.txt_proj.fc.weight.grad.abs().sum() > 0
     assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.transformer.text_encoder.parameters())
+
+
+def test_training_step_on_cpu(shared_dir):
+    """Forward, criterion, backward and an optimizer step of a small MTTR on a tiny batch, in fp32."""
+    from models import build_model
+    config = parity_config(shared_dir, swin_embed_dim=32, swin_depths=[2, 2, 2, 2], swin_num_heads=[2, 4, 8, 16],
+                           d_model=64, dim_feedforward=128, num_queries=5)
+    torch.manual_seed(4)
+    model, criterion, _ = build_model(config)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    samples = NestedTensor(torch.randn(3, 2, 3, 64, 64), torch.zeros(3, 2, 64, 64, dtype=torch.bool))
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, :32], masks[1, 32:] = True, True
+    targets = [[{'masks': masks, 'referred_instance_idx': torch.tensor(1)},
+                {'masks': masks[:1], 'referred_instance_idx': torch.tensor(0)}]]
+    before = model.spatial_decoder.out_lay.weight.detach().clone()
+    losses = criterion(model(samples, torch.tensor([1]), ['the bottom half', 'the top half']), targets)
+    assert set(losses) == set(criterion.weight_dict)
+    total = sum(losses[k] * criterion.weight_dict[k] for k in losses)
+    assert torch.isfinite(total)
+    optimizer.zero_grad()
+    total.backward()
+    optimizer.step()
+    assert not torch.equal(before, model.spatial_decoder.out_lay.weight)

@@ -1,0 +1,96 @@
+"""Turn the network's outputs into evaluation predictions at the datasets' original frame sizes.
+
+Masks go through the same steps in both datasets: bilinear upsampling to the padded input size, threshold at
+sigmoid > 0.5, crop of the padding, nearest resize to the original frame size.
+"""
+from typing import Sequence
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def _size(size) -> list:
+    """A (height, width) given as a tensor, tuple or list, as a list of ints."""
+    return [int(s) for s in size]
+
+
+def _binary_masks_at_input_size(mask_logits: Tensor, padded_size) -> Tensor:
+    """[B, C, h, w] logits -> [B, C, H, W] bool at the padded input size."""
+    mask_logits = F.interpolate(mask_logits.float(), size=_size(padded_size), mode='bilinear', align_corners=False)
+    return mask_logits.sigmoid() > 0.5
+
+
+def _crop_and_resize(masks: Tensor, resized_size, original_size) -> Tensor:
+    """[C, H, W] bool at the padded input size -> [C, 1, H0, W0] bool at the original frame size."""
+    height, width = _size(resized_size)
+    masks = masks[:, :height, :width].unsqueeze(1)  # drop the padding
+    return F.interpolate(masks.float(), size=_size(original_size), mode='nearest') > 0.5
+
+
+def encode_rle(mask: Tensor) -> dict:
+    """COCO RLE of a [1, H, W] binary mask, with 'counts' as str so the result can be written to JSON
+    (pycocotools decodes str and bytes alike)."""
+    rle = mask_util.encode(np.asfortranarray(mask[0, :, :, None].cpu().numpy(), dtype=np.uint8))[0]
+    rle['counts'] = rle['counts'].decode('ascii')
+    return rle
+
+
+class A2DSentencesPostProcess(nn.Module):
+    """A2D-Sentences and JHMDB-Sentences: every query of every annotated frame is one scored mask prediction."""
+
+    @torch.inference_mode()
+    def forward(self, outputs, resized_padded_sample_size, resized_sample_sizes: Sequence,
+                orig_sample_sizes: Sequence):
+        """outputs: {'pred_masks': [F, N, h, w], 'pred_is_referred': [F, N, 2]} with time and batch flattened
+        (F frames); resized_padded_sample_size: the padded input (H, W); resized_sample_sizes and
+        orig_sample_sizes: per frame, its (H, W) in the input without padding and in the dataset.
+
+        Returns per frame {'scores': [N], 'masks': [N, 1, H0, W0] bool, 'rle_masks': N COCO RLE dicts}.
+        """
+        scores = outputs['pred_is_referred'].float().softmax(dim=-1)[..., 0]  # [F, N]
+        masks = _binary_masks_at_input_size(outputs['pred_masks'], resized_padded_sample_size)  # [F, N, H, W]
+        predictions = []
+        for frame_scores, frame_masks, resized_size, original_size in zip(scores, masks, resized_sample_sizes,
+                                                                         orig_sample_sizes):
+            frame_masks = _crop_and_resize(frame_masks, resized_size, original_size)
+            predictions.append({'scores': frame_scores, 'masks': frame_masks,
+                                'rle_masks': [encode_rle(mask) for mask in frame_masks.cpu()]})
+        return predictions
+
+
+class ReferYoutubeVOSPostProcess(nn.Module):
+    """Ref-YouTube-VOS: per video, the query with the highest referred probability averaged over time gives the
+    mask of every frame."""
+
+    @torch.inference_mode()
+    def forward(self, outputs, videos_metadata: Sequence[dict], samples_shape_with_padding):
+        """outputs: {'pred_masks': [T, B, N, h, w], 'pred_is_referred': [T, B, N, 2]}; videos_metadata: per video a
+        dict with 'resized_frame_size' and 'original_frame_size' (H, W); samples_shape_with_padding: the padded
+        input (H, W).
+
+        Returns per video {**metadata, 'pred_masks': [T, 1, H0, W0] uint8 on the CPU}.
+        """
+        trajectory_scores = outputs['pred_is_referred'].float().softmax(dim=-1)[..., 0].mean(dim=0)  # [B, N]
+        chosen_queries = trajectory_scores.argmax(dim=-1)  # [B]
+        pred_masks = rearrange(outputs['pred_masks'], 't b n h w -> b t n h w')
+        pred_masks = pred_masks[torch.arange(len(chosen_queries)), :, chosen_queries]  # [B, T, h, w]
+        pred_masks = _binary_masks_at_input_size(pred_masks, samples_shape_with_padding)
+        predictions = []
+        for video_masks, metadata in zip(pred_masks, videos_metadata):
+            video_masks = _crop_and_resize(video_masks, metadata['resized_frame_size'],
+                                           metadata['original_frame_size'])
+            predictions.append({**metadata, 'pred_masks': video_masks.to(torch.uint8).cpu()})
+        return predictions
+
+
+def build(config) -> nn.Module:
+    if config.dataset_name in ('a2d_sentences', 'jhmdb_sentences'):
+        return A2DSentencesPostProcess()
+    if config.dataset_name == 'ref_youtube_vos':
+        return ReferYoutubeVOSPostProcess()
+    raise ValueError(f"config key dataset_name: no post-processing for {config.dataset_name!r}; expected "
+                     f"'a2d_sentences', 'jhmdb_sentences' or 'ref_youtube_vos'")
