@@ -1,0 +1,212 @@
+"""Refer-YouTube-VOS: YouTube-VOS videos with referring expressions; masks of every object on every 5th frame.
+
+Training samples are windows of `window_size` annotated frames per expression. Evaluation (the 'valid' split,
+scored by the competition server) takes each (video, expression) whole, and returns with each sample the
+metadata the post-processing and the submission need.
+"""
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from utils import is_main_process
+from .a2d_sentences import normalize_query
+from .files import (cache_path, check_row_count, file_digest, load_or_build_json, require_dataset_root,
+                    require_path, stat_fingerprint)
+from .transforms import VideoTransforms, collate_videos
+
+LAYOUT = """<dataset_path>/
+├── train/
+│   ├── JPEGImages/<video>/<frame>.jpg
+│   └── Annotations/<video>/<frame>.png     (palette PNG: pixel value = object id, 0 = background)
+├── valid/
+│   └── JPEGImages/<video>/<frame>.jpg
+└── meta_expressions/
+    ├── train/meta_expressions.json         ({"videos": {video: {"expressions": {exp_id: {"exp", "obj_id"}},
+    ├── valid/meta_expressions.json                                  "frames": [frame names]}}})
+    └── test/meta_expressions.json          (only to tell the valid videos from the test ones)"""
+
+# The image sets of the config and the dataset's folders.
+SPLITS = {'train': 'train', 'test': 'valid'}
+FULL_TRAIN_VIDEOS = 3471
+FULL_VALID_PLUS_TEST_VIDEOS = 507
+FULL_VALID_VIDEOS = 202
+
+
+def read_meta_expressions(path: Path) -> Dict[str, dict]:
+    try:
+        with open(path) as f:
+            videos = json.load(f)['videos']
+    except (ValueError, KeyError) as e:
+        raise ValueError(f'{path}: expected JSON {{"videos": {{video: {{"expressions": ..., "frames": ...}}}}}}: '
+                         f'{e!r}') from e
+    for video_id, video in videos.items():
+        if 'expressions' not in video or 'frames' not in video or not video['frames']:
+            raise ValueError(f'{path}: video {video_id} needs "expressions" and a non-empty "frames" list')
+    return videos
+
+
+def windows_of(frames: List[str], window_size: int) -> List[List[str]]:
+    """Non-overlapping windows; the last one is taken from the end, or padded with the last frame when the
+    video is shorter than a window."""
+    windows = [frames[i:i + window_size] for i in range(0, len(frames), window_size)]
+    if len(windows[-1]) < window_size:
+        if len(frames) >= window_size:
+            windows[-1] = frames[-window_size:]
+        else:
+            windows[-1] = windows[-1] + [windows[-1][-1]] * (window_size - len(windows[-1]))
+    return windows
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """`[H, W]` object ids of a palette (or grayscale) annotation PNG."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except OSError as e:
+        raise RuntimeError(f'cannot read the mask {path}: {e}') from e
+    if image.mode not in ('P', 'L'):
+        raise ValueError(f'{path}: expected a palette PNG whose pixel values are object ids, got mode {image.mode}')
+    return np.array(image)
+
+
+def object_ids(mask: np.ndarray) -> set:
+    return set(np.flatnonzero(np.bincount(mask.ravel())).tolist()) - {0}
+
+
+def read_frame(path: Path) -> Image.Image:
+    try:
+        return Image.open(path).convert('RGB')
+    except OSError as e:
+        raise RuntimeError(f'cannot read the frame {path}: {e}') from e
+
+
+class ReferYouTubeVOSDataset(Dataset):
+    """Training items: `(frames [T, 3, H, W], targets, text_query)` with a target dict for every frame.
+    Evaluation items: `(frames [T, 3, H, W], [None] * T, text_query, video_metadata)` for a whole video."""
+
+    def __init__(self, image_set: str, dataset_path: str, window_size: int, transforms: VideoTransforms,
+                 cache_dir: str, valid_video_ids_path: Optional[str] = None):
+        if image_set not in SPLITS:
+            raise ValueError(f"ref_youtube_vos: image_set must be 'train' or 'test', got {image_set!r}")
+        self.root = require_dataset_root(Path(dataset_path).expanduser(), 'ref_youtube_vos', LAYOUT)
+        self.image_set = image_set
+        self.split = SPLITS[image_set]
+        self.window_size = window_size
+        self.transforms = transforms
+        self.collator = collate_videos
+        self.frames_dir = require_path(self.root / self.split / 'JPEGImages', f'{self.split} frame folder', LAYOUT)
+        meta_path = require_path(self.root / 'meta_expressions' / self.split / 'meta_expressions.json',
+                                 f'{self.split} expressions file', LAYOUT)
+        videos = read_meta_expressions(meta_path)
+
+        if image_set == 'train':
+            check_row_count(meta_path, len(videos), FULL_TRAIN_VIDEOS, 'videos')
+            self.masks_dir = require_path(self.root / 'train' / 'Annotations', 'train mask folder', LAYOUT)
+            mask_paths = [self.masks_dir / video_id / f'{frame}.png'
+                          for video_id, video in videos.items() for frame in video['frames']]
+            try:
+                masks_fingerprint = stat_fingerprint(mask_paths, self.root)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f'mask {e.filename} not found (a frame listed in {meta_path})\n'
+                                        f'Expected layout:\n{LAYOUT}') from e
+            samples_cache = cache_path(cache_dir, 'ref_youtube_vos', f'samples_train_ws{window_size}',
+                                       dataset_path=str(self.root.resolve()), window_size=window_size,
+                                       meta=file_digest(meta_path), masks=masks_fingerprint)
+            self.samples = [tuple(s) for s in load_or_build_json(
+                samples_cache, lambda: self._build_train_samples(videos, meta_path),
+                f'the Refer-YouTube-VOS train sample list (window {window_size})')]
+        else:
+            check_row_count(meta_path, len(videos), FULL_VALID_PLUS_TEST_VIDEOS, 'videos')
+            valid_ids = self._valid_video_ids(videos, meta_path, valid_video_ids_path)
+            self.samples = [(video_id, sorted(videos[video_id]['frames']), exp_id, normalize_query(exp['exp']))
+                            for video_id in valid_ids for exp_id, exp in videos[video_id]['expressions'].items()]
+
+    def _valid_video_ids(self, videos: Dict[str, dict], meta_path: Path, valid_video_ids_path) -> List[str]:
+        """The distributed valid expressions file lists the valid and the test videos; keep the valid ones."""
+        test_meta_path = self.root / 'meta_expressions' / 'test' / 'meta_expressions.json'
+        if valid_video_ids_path:
+            ids_path = require_path(Path(valid_video_ids_path).expanduser(), 'valid video ids (valid_video_ids_path)',
+                                    'a text file with one valid video id a line')
+            valid_ids = set(ids_path.read_text().split())
+            unknown = sorted(valid_ids - set(videos))
+            if unknown:
+                raise ValueError(f'{ids_path}: {len(unknown)} video ids are not in {meta_path}, e.g. {unknown[:5]}')
+            source = ids_path
+        elif test_meta_path.is_file():
+            valid_ids = set(videos) - set(read_meta_expressions(test_meta_path))
+            source = test_meta_path
+        else:
+            raise FileNotFoundError(
+                f'{test_meta_path} not found. {meta_path} lists the valid and the test videos together '
+                f'({len(videos)} videos) and only the test expressions file tells them apart; it is no longer '
+                f'distributed. Either put it at that path, or set the config key valid_video_ids_path to a text '
+                f'file with the {FULL_VALID_VIDEOS} valid video ids, one a line.')
+        check_row_count(source, len(valid_ids), FULL_VALID_VIDEOS, 'valid videos')
+        return [video_id for video_id in videos if video_id in valid_ids]
+
+    def _build_train_samples(self, videos: Dict[str, dict], meta_path: Path) -> List[list]:
+        samples, absent = [], 0
+        for video_id, video in tqdm(videos.items(), desc='Refer-YouTube-VOS train samples',
+                                    disable=not is_main_process()):
+            ids_per_frame = {frame: object_ids(read_mask(self.masks_dir / video_id / f'{frame}.png'))
+                             for frame in video['frames']}
+            windows = windows_of(sorted(video['frames']), self.window_size)
+            window_ids = [set().union(*(ids_per_frame[frame] for frame in window)) for window in windows]
+            for exp_id, exp in video['expressions'].items():
+                if 'obj_id' not in exp:
+                    raise ValueError(f'{meta_path}: expression {exp_id} of video {video_id} has no obj_id')
+                for window, ids in zip(windows, window_ids):
+                    if int(exp['obj_id']) in ids:
+                        samples.append([video_id, window, exp_id, int(exp['obj_id']), normalize_query(exp['exp'])])
+                    else:
+                        absent += 1
+        print(f'Refer-YouTube-VOS train: {len(samples)} windows; {absent} windows without the referred object '
+              f'are left out')
+        return samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, idx):
+        if self.image_set == 'train':
+            return self._train_item(*self.samples[idx])
+        return self._eval_item(*self.samples[idx])
+
+    def _train_item(self, video_id, window, exp_id, obj_id, text_query):
+        frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in window]
+        masks = torch.from_numpy(np.stack([read_mask(self.masks_dir / video_id / f'{frame}.png')
+                                           for frame in window]))  # [T, H, W] object ids
+        # the objects of the window, in id order
+        window_object_ids = sorted(set(masks.unique().tolist()) - {0})
+        if obj_id not in window_object_ids:
+            raise ValueError(f'object {obj_id} of video {video_id} is not in the masks of frames {window}; the cached '
+                             f'sample list does not match the masks')
+        referred_idx = torch.tensor(window_object_ids.index(obj_id))
+        targets = []
+        for frame, frame_ids in zip(window, masks):
+            frame_masks = torch.stack([frame_ids == i for i in window_object_ids]).to(torch.uint8)  # [N, H, W]
+            targets.append({'masks': frame_masks,
+                            'referred_instance_idx': referred_idx,
+                            'is_ref_inst_visible': frame_masks[referred_idx].any(),  # uint8, as in the original
+                            'orig_size': tuple(frame_masks.shape[-2:]),
+                            'size': torch.tensor(frame_masks.shape[-2:]),
+                            'iscrowd': torch.zeros(len(frame_masks)),
+                            'image_id': f'v_{video_id}_f_{frame}'})
+        return self.transforms(frames, targets, text_query)
+
+    def _eval_item(self, video_id, frame_names, exp_id, text_query):
+        frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in frame_names]
+        original_size = (frames[0].height, frames[0].width)
+        video, targets, text_query = self.transforms(frames, [None] * len(frames), text_query)
+        metadata = {'video_id': video_id,
+                    'exp_id': exp_id,
+                    'frame_indices': frame_names,
+                    'original_frame_size': original_size,
+                    'resized_frame_size': tuple(video.shape[-2:])}
+        return video, targets, text_query, metadata

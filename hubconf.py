@@ -1,0 +1,97 @@
+"""torch.hub entry points for the three released MTTR checkpoints.
+
+    model, postprocessor = torch.hub.load('path/to/this/repo', 'mttr_refer_youtube_vos', source='local',
+                                          checkpoint='refer-youtube-vos_window-12.pth.tar')
+
+Each entry point builds the network of the paper in eval mode, loads the weights and returns
+`(model, postprocessor)`. `checkpoint` is a local file or a URL; with `download=True` and no `checkpoint`, the
+official file is fetched from the URL in OFFICIAL_CHECKPOINT_URLS through torch.hub's cache. Nothing is downloaded
+otherwise. The text encoder's weights come from the checkpoint, so only roberta-base's config and tokenizer are
+needed: pass `text_encoder_type` a local directory holding them to work offline.
+"""
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+dependencies = ['torch', 'torchvision', 'transformers', 'einops', 'scipy', 'pycocotools', 'ruamel.yaml']
+
+REPO_DIR = Path(__file__).resolve().parent
+# The files linked from the original MTTR README (Google Drive file ids).
+OFFICIAL_CHECKPOINT_URLS = {
+    'refer_youtube_vos_window12':
+        'https://drive.google.com/uc?export=download&confirm=t&id=1R_F0ETKipENiJUnVwarHnkPmUIcKXRaL',
+    'a2d_sentences_window10':
+        'https://drive.google.com/uc?export=download&confirm=t&id=1evEmZyv82vHHpY-chvoVDjUWWW1disun',
+    'a2d_sentences_window8':
+        'https://drive.google.com/uc?export=download&confirm=t&id=1lKKeUwm-GZEAW5c3uOrl7e9bbLSPq28S',
+}
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith(('http://', 'https://'))
+
+
+def _read_weights(name: str, checkpoint: Optional[str], download: bool):
+    """The checkpoint dict from a local file, a URL or (download=True) the official URL."""
+    if checkpoint is None:
+        if not download:
+            raise ValueError(f'mttr_{name}: pass checkpoint=PATH (a downloaded checkpoint file) or checkpoint=URL, '
+                             f'or download=True to fetch the official one from {OFFICIAL_CHECKPOINT_URLS[name]}')
+        checkpoint = OFFICIAL_CHECKPOINT_URLS[name]
+    if not _is_url(str(checkpoint)):
+        return str(checkpoint)  # models.load_model_weights reads it with a clear error
+    try:
+        return torch.hub.load_state_dict_from_url(checkpoint, map_location='cpu', weights_only=True,
+                                                  file_name=f'mttr_{name}.pth.tar')
+    except Exception as error:
+        raise RuntimeError(f'could not fetch the MTTR checkpoint from {checkpoint} ({type(error).__name__}: '
+                           f'{error}). Download it by hand (links in the README) and pass checkpoint=PATH') from error
+
+
+def _build(name: str, config_file: str, window_size: int, checkpoint: Optional[str], download: bool,
+           text_encoder_type: str, device, config_overrides: Sequence[str]):
+    from config import load_config
+    from models import build_model, load_model_weights
+
+    config = load_config(REPO_DIR / 'configs' / config_file,
+                         [f'text_encoder_type={text_encoder_type}', *config_overrides],
+                         running_mode='eval', window_size=window_size, text_encoder_pretrained=False,
+                         device=str(device))
+    weights = _read_weights(name, checkpoint, download)
+    model, _, postprocessor = build_model(config)
+    load_model_weights(model, weights)
+    return model.to(device).eval(), postprocessor
+
+
+def mttr_refer_youtube_vos(checkpoint: Optional[str] = None, download: bool = False,
+                           text_encoder_type: str = 'roberta-base', device='cpu', config_overrides: Sequence[str] = ()):
+    """MTTR trained on Refer-YouTube-VOS with windows of 12 frames (J&F 55.32 on the validation set).
+
+    Returns (model, ReferYoutubeVOSPostProcess). checkpoint: a local file or a URL; download=True without a
+    checkpoint fetches the official file. config_overrides: extra 'KEY=VALUE' config entries.
+    """
+    return _build('refer_youtube_vos_window12', 'refer_youtube_vos.yaml', 12, checkpoint, download,
+                  text_encoder_type, device, config_overrides)
+
+
+def mttr_a2d_sentences_window10(checkpoint: Optional[str] = None, download: bool = False,
+                                text_encoder_type: str = 'roberta-base', device='cpu',
+                                config_overrides: Sequence[str] = ()):
+    """MTTR trained on A2D-Sentences with windows of 10 frames (mAP 46.1; 39.2 on JHMDB-Sentences).
+
+    Returns (model, A2DSentencesPostProcess). Arguments as in mttr_refer_youtube_vos.
+    """
+    return _build('a2d_sentences_window10', 'a2d_sentences.yaml', 10, checkpoint, download, text_encoder_type,
+                  device, config_overrides)
+
+
+def mttr_a2d_sentences_window8(checkpoint: Optional[str] = None, download: bool = False,
+                               text_encoder_type: str = 'roberta-base', device='cpu',
+                               config_overrides: Sequence[str] = ()):
+    """MTTR trained on A2D-Sentences with windows of 8 frames (mAP 44.7; 36.6 on JHMDB-Sentences).
+
+    Returns (model, A2DSentencesPostProcess). Arguments as in mttr_refer_youtube_vos.
+    """
+    return _build('a2d_sentences_window8', 'a2d_sentences.yaml', 8, checkpoint, download, text_encoder_type,
+                  device, config_overrides)

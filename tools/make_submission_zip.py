@@ -1,0 +1,276 @@
+"""Write the Refer-YouTube-VOS submission zip from a predictions folder, or check a zip before uploading it.
+
+    python tools/make_submission_zip.py write PREDICTIONS_DIR submission.zip [--dataset-root ROOT]
+    python tools/make_submission_zip.py check submission.zip --dataset-root ROOT
+    python tools/make_submission_zip.py check submission.zip --meta META_JSON [--test-meta TEST_META_JSON]
+
+The competition server expects `Annotations/<video>/<exp_id>/<frame>.png`, one single-channel 0/255 mask per
+frame listed in `meta_expressions/valid/meta_expressions.json`, at the size of the frame. The valid meta file
+also lists the test videos; the server's valid split (202 videos) leaves out every video of
+`meta_expressions/test/meta_expressions.json`, so give that file (or a dataset root holding it) to check
+against the same split. `write` followed by a meta file or a dataset root checks the zip it wrote.
+"""
+import argparse
+import io
+import json
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Set
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+if __package__ in (None, ''):
+    # Run as a script (`python tools/make_submission_zip.py`): make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from utils import atomic_write  # noqa: E402
+
+ANNOTATIONS_DIR = 'Annotations'
+META_LAYOUT = ('{"videos": {<video>: {"expressions": {<exp_id>: {"exp": <text>, ...}}, "frames": [<frame>, ...]}}}, '
+               'normally at <root>/meta_expressions/<split>/meta_expressions.json')
+
+
+def load_meta_expressions(meta_path) -> Dict[str, dict]:
+    """The `videos` mapping of a Refer-YouTube-VOS meta_expressions.json, with clear errors for a bad file."""
+    meta_path = Path(meta_path)
+    if not meta_path.is_file():
+        raise FileNotFoundError(f'meta expressions file not found: {meta_path} (expected a JSON file {META_LAYOUT})')
+    with open(meta_path) as f:
+        meta = json.load(f)
+    videos = meta.get('videos') if isinstance(meta, dict) else None
+    if not isinstance(videos, dict):
+        raise ValueError(f'{meta_path}: no "videos" mapping at the top level (expected {META_LAYOUT})')
+    for video, entry in videos.items():
+        if not isinstance(entry, dict) or 'expressions' not in entry or 'frames' not in entry:
+            raise ValueError(f'{meta_path}: video {video!r} lacks "expressions" or "frames" (expected {META_LAYOUT})')
+    return videos
+
+
+def expected_mask_names(videos: Dict[str, dict]) -> List[str]:
+    """`<video>/<exp_id>/<frame>.png` for every video, expression and frame of a meta `videos` mapping."""
+    return [f'{video}/{exp_id}/{frame}.png'
+            for video, entry in videos.items() for exp_id in entry['expressions'] for frame in entry['frames']]
+
+
+class PredictionMasks:
+    """Read access to predicted masks named `<video>/<exp_id>/<frame>.png`, stored in a folder (either the
+    `Annotations` folder itself or a folder holding it) or in a submission zip (entries under `Annotations/`).
+
+    `names` holds every mask found; `layout_problems` lists what does not fit the layout (a zip without the
+    `Annotations/` prefix, files at another depth).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.layout_problems: List[str] = []
+        self._zip: Optional[zipfile.ZipFile] = None
+        self.is_zip = False
+        if self.path.is_dir():
+            nested = self.path / ANNOTATIONS_DIR
+            self._root = nested if nested.is_dir() else self.path
+            self.names: Set[str] = {p.relative_to(self._root).as_posix() for p in self._root.glob('*/*/*.png')
+                                    if p.is_file()}
+        elif self.path.is_file() and zipfile.is_zipfile(self.path):
+            self._zip = zipfile.ZipFile(self.path)
+            self.is_zip = True
+            self._prefix, self.names = self._zip_names(self._zip.namelist())
+        else:
+            raise FileNotFoundError(f'predictions not found: {self.path} (expected a folder or a zip holding '
+                                    f'{ANNOTATIONS_DIR}/<video>/<exp_id>/<frame>.png)')
+
+    def _zip_names(self, entries):
+        files = [e for e in entries if not e.endswith('/')]
+        prefix = f'{ANNOTATIONS_DIR}/'
+        if not any(e.startswith(prefix) for e in files):
+            if files:
+                self.layout_problems.append(f'no entry lies under {prefix} (first entry: {files[0]!r}); the server '
+                                            f'expects {prefix}<video>/<exp_id>/<frame>.png')
+            prefix = ''
+        names = set()
+        for entry in files:
+            relative = entry[len(prefix):] if entry.startswith(prefix) else None
+            if relative is not None and relative.endswith('.png') and relative.count('/') == 2:
+                names.add(relative)
+            else:
+                self.layout_problems.append(f'unexpected zip entry {entry!r}')
+        return prefix, names
+
+    def open(self, name: str) -> Image.Image:
+        """The PNG `<video>/<exp_id>/<frame>.png`, loaded."""
+        if self._zip is not None:
+            image = Image.open(io.BytesIO(self._zip.read(self._prefix + name)))
+        else:
+            image = Image.open(self._root / name)
+        image.load()
+        return image
+
+    def close(self):
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_submission_zip(predictions_dir, zip_path) -> Path:
+    """Zip the masks `<predictions_dir>[/Annotations]/<video>/<exp_id>/<frame>.png` as
+    `Annotations/<video>/<exp_id>/<frame>.png`, the layout the server expects. Returns the zip path.
+
+    The zip is written beside its final path and renamed into place, so an interrupted run leaves no
+    half-written submission behind.
+    """
+    predictions_dir = Path(predictions_dir)
+    if not predictions_dir.is_dir():
+        raise FileNotFoundError(f'predictions folder not found: {predictions_dir}')
+    nested = predictions_dir / ANNOTATIONS_DIR
+    root = nested if nested.is_dir() else predictions_dir
+    masks = sorted(p for p in root.glob('*/*/*.png') if p.is_file())
+    if not masks:
+        raise FileNotFoundError(f'no masks in {root} (expected {predictions_dir}/{ANNOTATIONS_DIR}/'
+                                '<video>/<exp_id>/<frame>.png)')
+
+    def write(f):
+        with zipfile.ZipFile(f, 'w', zipfile.ZIP_DEFLATED) as archive:
+            for mask in masks:
+                archive.write(mask, f'{ANNOTATIONS_DIR}/{mask.relative_to(root).as_posix()}')
+
+    atomic_write(zip_path, write)
+    return Path(zip_path)
+
+
+@dataclass
+class SubmissionCheck:
+    """What `check_submission_zip` found. The zip is fit for upload when `ok`."""
+    zip_path: str
+    num_expected: int
+    num_excluded_videos: int = 0
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.problems
+
+    def summary(self, max_names: int = 10) -> str:
+        lines = [f'{self.zip_path}: {"OK" if self.ok else "NOT READY"} '
+                 f'({self.num_expected} masks expected, {self.num_excluded_videos} test videos left out)']
+        for title, names in (('missing masks', self.missing), ('problems', self.problems),
+                             ('entries not in the meta file (ignored by the check)', self.unexpected)):
+            if names:
+                lines.append(f'{len(names)} {title}:')
+                lines += [f'  {name}' for name in names[:max_names]]
+                if len(names) > max_names:
+                    lines.append(f'  ... and {len(names) - max_names} more')
+        return '\n'.join(lines)
+
+
+def check_submission_zip(zip_path, meta_path, dataset_root=None, exclude_videos: Iterable[str] = (),
+                         show_progress: bool = True) -> SubmissionCheck:
+    """Check a submission zip against a meta file: every video/expression/frame present under `Annotations/`,
+    masks single-channel with values 0 and 255 only, and, when `dataset_root` is given, each mask the size of
+    `<dataset_root>/valid/JPEGImages/<video>/<frame>.jpg`. Videos in `exclude_videos` (the test split) are not
+    expected. Raises only for missing inputs; everything wrong inside the zip is reported in the result.
+    """
+    videos = load_meta_expressions(meta_path)
+    excluded = set(exclude_videos) & set(videos)
+    expected = expected_mask_names({v: e for v, e in videos.items() if v not in excluded})
+    frames_dir = None
+    if dataset_root is not None:
+        frames_dir = Path(dataset_root) / 'valid' / 'JPEGImages'
+        if not frames_dir.is_dir():
+            raise FileNotFoundError(f'frames folder not found: {frames_dir} '
+                                    '(expected <root>/valid/JPEGImages/<video>/<frame>.jpg)')
+    result = SubmissionCheck(str(zip_path), len(expected), len(excluded))
+    with PredictionMasks(zip_path) as masks:
+        if not masks.is_zip:
+            raise ValueError(f'{zip_path} is a folder, not a zip; write the zip first (write_submission_zip)')
+        result.problems += masks.layout_problems
+        expected_set = set(expected)
+        result.missing = [name for name in expected if name not in masks.names]
+        result.unexpected = sorted(masks.names - expected_set)
+        present = [name for name in expected if name in masks.names]
+        for name in tqdm(present, desc='checking masks', disable=not show_progress):
+            problem = _mask_problem(masks.open(name), name, frames_dir)
+            if problem:
+                result.problems.append(f'{name}: {problem}')
+    return result
+
+
+def _mask_problem(image: Image.Image, name: str, frames_dir: Optional[Path]) -> Optional[str]:
+    if len(image.getbands()) != 1:
+        return f'{len(image.getbands())} channels (mode {image.mode}); expected a single-channel mask'
+    values = np.asarray(image)
+    if values.dtype == bool:
+        return 'a 1-bit image; expected 8-bit values 0 and 255'
+    invalid = (values != 0) & (values != 255)
+    if invalid.any():
+        return f'values {np.unique(values[invalid])[:5].tolist()}; expected only 0 and 255'
+    if frames_dir is not None:
+        video, _, frame = name.split('/')
+        frame_path = frames_dir / video / (Path(frame).stem + '.jpg')
+        if not frame_path.is_file():
+            return f'no frame {frame_path} to compare its size with'
+        with Image.open(frame_path) as frame_image:
+            if frame_image.size != image.size:
+                return f'size {image.size[0]}x{image.size[1]} (WxH), but the frame is ' \
+                       f'{frame_image.size[0]}x{frame_image.size[1]}'
+    return None
+
+
+def _test_videos(test_meta: Optional[str], dataset_root: Optional[str]) -> Set[str]:
+    """The videos of the test meta file: given explicitly, or found under the dataset root."""
+    if test_meta is not None:
+        return set(load_meta_expressions(test_meta))
+    if dataset_root is not None:
+        default = Path(dataset_root) / 'meta_expressions' / 'test' / 'meta_expressions.json'
+        if default.is_file():
+            return set(load_meta_expressions(default))
+    return set()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest='command', required=True)
+    write = commands.add_parser('write', help='zip a predictions folder (and check it when a meta file or root is given)')
+    write.add_argument('predictions_dir', help='folder holding Annotations/<video>/<exp_id>/<frame>.png (or that folder)')
+    write.add_argument('zip_path', help='the zip to write, e.g. submission_epoch_0.zip')
+    check = commands.add_parser('check', help='check that a zip has the layout the server expects')
+    check.add_argument('zip_path')
+    for sub in (write, check):
+        sub.add_argument('--dataset-root', help='Refer-YouTube-VOS root: meta files under meta_expressions/, '
+                                                'frame sizes from valid/JPEGImages/')
+        sub.add_argument('--meta', help='valid meta_expressions.json (default: <dataset-root>/meta_expressions/valid/...)')
+        sub.add_argument('--test-meta', help='test meta_expressions.json whose videos are left out '
+                                             '(default: <dataset-root>/meta_expressions/test/... when present)')
+        sub.add_argument('--no-progress', action='store_true', help='no progress bar')
+    args = parser.parse_args(argv)
+
+    if args.command == 'write':
+        zip_path = write_submission_zip(args.predictions_dir, args.zip_path)
+        print(f'wrote {zip_path}')
+        if args.meta is None and args.dataset_root is None:
+            return 0
+    meta = args.meta
+    if meta is None:
+        if args.dataset_root is None:
+            parser.error('check needs --meta or --dataset-root')
+        meta = Path(args.dataset_root) / 'meta_expressions' / 'valid' / 'meta_expressions.json'
+    test_videos = _test_videos(args.test_meta, args.dataset_root)
+    if not test_videos:
+        print('note: no test meta file given, so every video of the valid meta file is expected; the server\'s '
+              'valid split leaves out the test videos (pass --test-meta)')
+    result = check_submission_zip(args.zip_path, meta, args.dataset_root, test_videos,
+                                  show_progress=not args.no_progress)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
