@@ -9,14 +9,16 @@ official file is fetched from the URL in OFFICIAL_CHECKPOINT_URLS through torch.
 otherwise. The text encoder's weights come from the checkpoint, so only roberta-base's config and tokenizer are
 needed: pass `text_encoder_type` a local directory holding them to work offline.
 """
+import hashlib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
-dependencies = ['torch', 'torchvision', 'transformers', 'einops', 'scipy', 'pycocotools', 'ruamel.yaml']
+dependencies = ['torch', 'transformers', 'timm', 'einops', 'scipy', 'pycocotools', 'numpy', 'ruamel.yaml']
 
 REPO_DIR = Path(__file__).resolve().parent
+CheckpointSource = Optional[Union[str, Path]]  # a local file or a URL
 # The files linked from the original MTTR README (Google Drive file ids).
 OFFICIAL_CHECKPOINT_URLS = {
     'refer_youtube_vos_window12':
@@ -32,24 +34,29 @@ def _is_url(text: str) -> bool:
     return text.startswith(('http://', 'https://'))
 
 
-def _read_weights(name: str, checkpoint: Optional[str], download: bool):
+def _read_weights(name: str, checkpoint: CheckpointSource, download: bool):
     """The checkpoint dict from a local file, a URL or (download=True) the official URL."""
     if checkpoint is None:
         if not download:
             raise ValueError(f'mttr_{name}: pass checkpoint=PATH (a downloaded checkpoint file) or checkpoint=URL, '
                              f'or download=True to fetch the official one from {OFFICIAL_CHECKPOINT_URLS[name]}')
         checkpoint = OFFICIAL_CHECKPOINT_URLS[name]
-    if not _is_url(str(checkpoint)):
-        return str(checkpoint)  # models.load_model_weights reads it with a clear error
+    checkpoint = str(checkpoint)
+    if not _is_url(checkpoint):
+        return checkpoint  # models.load_model_weights reads it with a clear error
+    # Drive URLs all end in 'uc', so the cached file is named after the entry point (and the URL when it is not
+    # the official one) rather than after the URL's last component.
+    file_name = f'mttr_{name}.pth.tar' if checkpoint == OFFICIAL_CHECKPOINT_URLS[name] else \
+        f'mttr_{name}_{hashlib.sha256(checkpoint.encode()).hexdigest()[:12]}.pth.tar'
     try:
         return torch.hub.load_state_dict_from_url(checkpoint, map_location='cpu', weights_only=True,
-                                                  file_name=f'mttr_{name}.pth.tar')
+                                                  file_name=file_name)
     except Exception as error:
         raise RuntimeError(f'could not fetch the MTTR checkpoint from {checkpoint} ({type(error).__name__}: '
                            f'{error}). Download it by hand (links in the README) and pass checkpoint=PATH') from error
 
 
-def _build(name: str, config_file: str, window_size: int, checkpoint: Optional[str], download: bool,
+def _build(name: str, config_file: str, window_size: int, checkpoint: CheckpointSource, download: bool,
            text_encoder_type: str, device, config_overrides: Sequence[str]):
     from config import load_config
     from models import build_model, load_model_weights
@@ -64,7 +71,7 @@ def _build(name: str, config_file: str, window_size: int, checkpoint: Optional[s
     return model.to(device).eval(), postprocessor
 
 
-def mttr_refer_youtube_vos(checkpoint: Optional[str] = None, download: bool = False,
+def mttr_refer_youtube_vos(checkpoint: CheckpointSource = None, download: bool = False,
                            text_encoder_type: str = 'roberta-base', device='cpu', config_overrides: Sequence[str] = ()):
     """MTTR trained on Refer-YouTube-VOS with windows of 12 frames (J&F 55.32 on the validation set).
 
@@ -75,7 +82,7 @@ def mttr_refer_youtube_vos(checkpoint: Optional[str] = None, download: bool = Fa
                   text_encoder_type, device, config_overrides)
 
 
-def mttr_a2d_sentences_window10(checkpoint: Optional[str] = None, download: bool = False,
+def mttr_a2d_sentences_window10(checkpoint: CheckpointSource = None, download: bool = False,
                                 text_encoder_type: str = 'roberta-base', device='cpu',
                                 config_overrides: Sequence[str] = ()):
     """MTTR trained on A2D-Sentences with windows of 10 frames (mAP 46.1; 39.2 on JHMDB-Sentences).
@@ -86,7 +93,7 @@ def mttr_a2d_sentences_window10(checkpoint: Optional[str] = None, download: bool
                   device, config_overrides)
 
 
-def mttr_a2d_sentences_window8(checkpoint: Optional[str] = None, download: bool = False,
+def mttr_a2d_sentences_window8(checkpoint: CheckpointSource = None, download: bool = False,
                                text_encoder_type: str = 'roberta-base', device='cpu',
                                config_overrides: Sequence[str] = ()):
     """MTTR trained on A2D-Sentences with windows of 8 frames (mAP 44.7; 36.6 on JHMDB-Sentences).

@@ -7,12 +7,14 @@ The input is a video file PyAV can decode (mp4, avi, webm, ...) or a folder of j
 are resized as in evaluation and the video is cut into windows of `-ws` frames (12 by default, the Refer-YouTube-VOS
 window). Each window is one forward pass; the last window is taken from the end of the video (it overlaps the one
 before it, whose results are kept for the shared frames). One object query is chosen for the whole video: the one
-with the highest probability of "referred" averaged over all frames, so the segmented object does not switch
-between queries at window borders.
+with the highest probability of "referred" averaged over all frames, which is the Refer-YouTube-VOS post-processing
+applied to the whole video at once, as its evaluation does. The segmented object therefore does not switch between
+queries at window borders, and the result of a frame depends only on its window and on that choice.
 
 Per text query, OUT_DIR/<nn>_<query>/ receives overlay.mp4 (the mask in colour and the query as a caption),
-masks/<frame>.png (0/255, at the input's resolution), scores.json (per-frame scores, the chosen object query,
-the window layout) and object_query_probabilities.npy ([frames, object queries] probability of "referred").
+preview.png (the overlay of the middle frame), masks/<frame>.png (0/255, at the input's resolution), scores.json
+(per-frame scores, the chosen object query, the window layout) and object_query_probabilities.npy
+([frames, object queries] probability of "referred").
 """
 import argparse
 import json
@@ -329,7 +331,8 @@ def draw_overlay(image: Image.Image, mask: np.ndarray, caption: str, colour) -> 
 
 def write_results(segmenter: Segmenter, frames, windows: List[Window], out_dir: Path, object_queries: List[int],
                   metadata: dict) -> List[Path]:
-    """Second pass over the frames: overlay video, mask PNGs and scores of every text query."""
+    """Second pass over the frames: overlay video, preview picture (the middle frame's overlay), mask PNGs and
+    scores of every text query."""
     query_dirs, writers, frame_records = [], [], []
     for query_index, query in enumerate(segmenter.queries):
         query_dir = out_dir / query_folder_name(query_index, query)
@@ -342,6 +345,7 @@ def write_results(segmenter: Segmenter, frames, windows: List[Window], out_dir: 
     window_of_frame = [w for w, window in enumerate(windows) for _ in range(window.first_output, window.end)]
     probabilities = [segmenter.referred_probabilities(q) for q in range(len(segmenter.queries))]
     window_masks, loaded_window = None, None
+    preview_position = len(frames.frames) // 2
     try:
         for position, (frame, image) in enumerate(frames):
             window_index = window_of_frame[position]
@@ -354,7 +358,10 @@ def write_results(segmenter: Segmenter, frames, windows: List[Window], out_dir: 
                 mask_path = Path('masks') / f'{frame.name}.png'
                 Image.fromarray(mask * 255).save(query_dirs[query_index] / mask_path)
                 colour = OVERLAY_COLOURS[query_index % len(OVERLAY_COLOURS)]
-                writers[query_index].write(draw_overlay(image, mask, query, colour))
+                overlay = draw_overlay(image, mask, query, colour)  # [H0, W0, 3] uint8
+                writers[query_index].write(overlay)
+                if position == preview_position:
+                    Image.fromarray(overlay).save(query_dirs[query_index] / 'preview.png')
                 frame_records[query_index].append({
                     'frame': position, 'source_index': frame.source_index, 'time': round(frame.time, 6),
                     'mask': str(mask_path), 'mask_pixels': int(mask.sum()), 'window': window_index,
@@ -406,53 +413,69 @@ def parse_args(argv=None):
     parser.add_argument('--cpu', action='store_true', help='run on the CPU (default: CUDA)')
     parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                         help='override any config key, e.g. --set text_encoder_type=roberta-base-local')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    """Values argparse cannot check by itself, reported like the other usage errors: in one line."""
     if args.window_size < 1:
-        parser.error(f'-ws must be at least 1, got {args.window_size}')
+        raise UsageError(f'-ws must be at least 1, got {args.window_size}')
     if args.start < 0:
-        parser.error(f'--start must be 0 or more seconds, got {args.start:g}')
+        raise UsageError(f'--start must be 0 or more seconds, got {args.start:g}')
     if args.end is not None and args.end <= args.start:
-        parser.error(f'--end ({args.end:g} s) must come after --start ({args.start:g} s)')
+        raise UsageError(f'--end ({args.end:g} s) must come after --start ({args.start:g} s)')
     for name, value in (('--fps', args.fps), ('--folder-fps', args.folder_fps)):
         if value is not None and not value > 0:
-            parser.error(f'{name} must be a positive number of frames a second, got {value:g}')
+            raise UsageError(f'{name} must be a positive number of frames a second, got {value:g}')
     for query in args.queries:
         if not query.strip():
-            parser.error(f'--text {query!r}: a text query must contain words')
+            raise UsageError(f'--text {query!r}: the text query is empty; give the words that describe the object')
     if args.object_query is not None and args.object_query < 0:
-        parser.error(f'--object-query must be an object query index (0 or more), got {args.object_query}')
-    return args
+        raise UsageError(f'--object-query must be an object query index (0 or more), got {args.object_query}')
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise UsageError(f'-o {args.output_dir}: exists and is not a folder')
 
 
-def build_model(args):
-    """The network in eval mode with the checkpoint's weights, and its config."""
+def error_message(error: Exception) -> str:
+    """The message an error was raised with (str() of a KeyError would wrap it in quotes)."""
+    return str(error.args[0]) if len(error.args) == 1 else str(error)
+
+
+def load_run_config(args):
+    """The config of the run, checked before any frame is decoded or any weight is read."""
     try:
         config = load_config(args.config_path, args.overrides, running_mode='eval', window_size=args.window_size,
                              checkpoint_path=args.checkpoint_path, text_encoder_pretrained=False,
                              device='cpu' if args.cpu else 'cuda')
     except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
-        raise UsageError(str(error).strip('"')) from error
-    if config.device == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(error_message(error)) from error
+    if config.device.startswith('cuda') and not torch.cuda.is_available():
         raise UsageError('CUDA is not available on this machine; run on the CPU with --cpu')
     if args.object_query is not None and args.object_query >= config.num_queries:
         raise UsageError(f'--object-query {args.object_query}: the model has object queries 0 to '
                          f'{config.num_queries - 1}')
     if not Path(args.checkpoint_path).is_file():
         raise UsageError(f'checkpoint not found: {args.checkpoint_path}')
+    return config
+
+
+def build_model(config, checkpoint_path):
+    """The network in eval mode with the checkpoint's weights (read with weights_only=True)."""
     try:
         model = build_network(config)
     except OSError as error:  # the text encoder's config or tokenizer
-        raise UsageError(str(error)) from error
+        raise UsageError(error_message(error)) from error
     try:
-        load_model_weights(model, args.checkpoint_path)
-    except (KeyError, ValueError, RuntimeError) as error:
-        raise UsageError(str(error).strip('"')) from error
-    return model.to(config.device).eval(), config
+        load_model_weights(model, checkpoint_path)
+    except (KeyError, ValueError, RuntimeError, FileNotFoundError) as error:
+        raise UsageError(error_message(error)) from error
+    return model.to(config.device).eval()
 
 
 def run(args) -> List[Path]:
+    config = load_run_config(args)
     frames = open_input(args.video, args.start, args.end, args.fps, args.folder_fps)
-    model, config = build_model(args)
+    model = build_model(config, args.checkpoint_path)
     transforms = build_transforms('test', config.resize_and_crop_augmentations, False, config.train_short_size,
                                   config.train_max_size, config.eval_short_size, config.eval_max_size)
     windows = window_layout(len(frames.frames), args.window_size)
@@ -475,12 +498,14 @@ def run(args) -> List[Path]:
 def main(argv=None):
     args = parse_args(argv)
     try:
+        check_args(args)
         query_dirs = run(args)
     except UsageError as error:
-        print(f'{Path(sys.argv[0]).name}: error: {" ".join(str(error).split())}', file=sys.stderr)
+        print(f'inference.py: error: {" ".join(str(error).split())}', file=sys.stderr)
         sys.exit(2)
     for query, query_dir in zip(args.queries, query_dirs):
-        print(f'"{query}": {query_dir}/overlay.mp4, {query_dir}/masks/*.png, {query_dir}/scores.json')
+        print(f'"{query}": {query_dir}/overlay.mp4, {query_dir}/preview.png, {query_dir}/masks/*.png, '
+              f'{query_dir}/scores.json')
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import io
 import math
+from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import cv2
@@ -50,6 +51,14 @@ def compute_referring_metrics(coco_gt: COCO, predictions: List[dict], verbose: b
     metrics.update({f'P@{k}': float(p) for k, p in zip(PRECISION_THRESHOLDS, precision_at_k)})
     metrics.update({'overall_iou': overall_iou, 'mean_iou': mean_iou})
     return metrics
+
+
+def read_coco_ground_truth(path) -> COCO:
+    """A COCO-format ground-truth file, read without pycocotools' progress prints."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'COCO-format ground truth not found: {path}')
+    with _quiet():
+        return COCO(str(path))
 
 
 def load_predictions(coco_gt: COCO, predictions: List[dict]) -> COCO:

@@ -171,15 +171,18 @@ def flatten_frames_and_videos(outputs, targets):
 # ---------------------------------------------------------------------------------------------------------------
 # the two loops
 
-def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch, config, stop, start_iteration=0):
-    """Returns the epoch's mean losses, and the iteration reached if a stop was requested (else None)."""
+def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch, config, stop, progress=None):
+    """One epoch, or what is left of it: `progress` is what an interrupted epoch had done
+    (`{'iteration', 'loss_sums', 'count'}`, saved in its checkpoint). Returns the progress made; `'stopped'` is
+    true when a stop was requested before the last iteration."""
     model.train()
     criterion.train()
     use_amp = config.enable_amp and device.type == 'cuda'
-    totals, count = {}, 0
+    progress = dict(progress or {'iteration': 0, 'loss_sums': {}, 'count': 0}, stopped=False)
+    start = progress['iteration']
     bar = tqdm(loader, desc=f'epoch {epoch}', disable=not is_main_process(), dynamic_ncols=True,
-               initial=start_iteration, total=start_iteration + len(loader))
-    for iteration, batch in enumerate(bar, start=start_iteration):
+               initial=start, total=start + len(loader))
+    for iteration, batch in enumerate(bar, start=start + 1):
         samples = batch['samples'].to(device)
         valid_indices = annotated_frames(batch['targets'])
         targets = to_device([batch['targets'][i] for i in valid_indices.tolist()], device)
@@ -199,13 +202,19 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch, 
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_max_norm)
         scaler.step(optimizer)
         scaler.update()
+        sums = progress['loss_sums']
         for k, v in reduced.items():
-            totals[k] = totals.get(k, 0.0) + v
-        count += 1
+            sums[k] = sums.get(k, 0.0) + v
+        progress.update(iteration=iteration, count=progress['count'] + 1)
         bar.set_postfix(loss=f'{reduced["loss"]:.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
-        if stop.agreed(device):
-            return {k: v / count for k, v in totals.items()}, iteration + 1
-    return {k: v / max(count, 1) for k, v in totals.items()}, None
+        if iteration < start + len(loader) and stop.agreed(device):
+            progress['stopped'] = True
+            break
+    return progress
+
+
+def mean_losses(progress):
+    return {k: v / progress['count'] for k, v in progress['loss_sums'].items()}
 
 
 def reduce_mean(loss_dict):
@@ -249,9 +258,8 @@ def evaluate(model, postprocessor, loader, dataset, device, config, epoch, run_d
     predictions = gather(predictions)
     if not is_main_process():
         return None
-    from pycocotools.coco import COCO
-    coco_gt = COCO(str(dataset.coco_gt_path))
-    return metrics.compute_referring_metrics(coco_gt, predictions)
+    coco_gt = metrics.read_coco_ground_truth(dataset.coco_gt_path)
+    return metrics.compute_referring_metrics(coco_gt, predictions, verbose=False)
 
 
 def gather(items):
@@ -361,7 +369,7 @@ def run(config, rank, world_size, device, backend=None, resume=None):
             config.output_dir = shared[0]
         run_dir = Path(config.output_dir)
         if is_main_process():
-            (run_dir / 'checkpoints').mkdir(parents=True, exist_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / 'config.yaml')
         if dist.is_initialized():
             dist.barrier()
@@ -389,7 +397,7 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
     criterion.to(device)
     loaded = load_weights_or_fail(model, config.checkpoint_path) if config.checkpoint_path else {}
 
-    test_dataset = datasets.build_dataset('test', config.dataset_name, **config.to_dict())
+    test_dataset = datasets.build_dataset('test', **config.to_dict())
     test_loader = make_loader(test_dataset, config, config.eval_batch_size,
                               ShardSampler(test_dataset, rank, world_size), device)
     wandb_run = start_wandb(config, run_dir)
@@ -402,46 +410,51 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
             logger.info(f'evaluated {config.checkpoint_path}; metrics in {run_dir}')
         return 'done'
 
-    train_dataset = datasets.build_dataset('train', config.dataset_name, **config.to_dict())
+    train_dataset = datasets.build_dataset('train', **config.to_dict())
     ddp_model = model
     if world_size > 1:
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_drop, gamma=config.lr_drop_gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=config.enable_amp and device.type == 'cuda')
-    start_epoch, start_iteration, best = 0, 0, None
+    start_epoch, resumed_progress, best = 0, None, None
     if resume:
-        start_epoch, start_iteration, best = resume_from(resume, model, optimizer, scheduler, scaler, rank, world_size)
+        start_epoch, resumed_progress, best = resume_from(resume, model, optimizer, scheduler, scaler, rank,
+                                                          world_size)
         logger.info(f'resumed from {resume}: epoch {start_epoch}' +
-                    (f', iteration {start_iteration}' if start_iteration else ''))
+                    (f', iteration {resumed_progress["iteration"]}' if resumed_progress else ''))
     train_sampler = ResumableDistributedSampler(train_dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                                 seed=config.seed)
     checkpoint_dir = run_dir / 'checkpoints'
+    if is_main_process():
+        checkpoint_dir.mkdir(exist_ok=True)
     higher_is_better = config.dataset_name != 'ref_youtube_vos'
     for epoch in range(start_epoch, config.epochs):
         train_sampler.set_epoch(epoch)
-        train_sampler.skip = start_iteration * config.batch_size if epoch == start_epoch else 0
+        progress = resumed_progress if epoch == start_epoch else None
+        train_sampler.skip = progress['iteration'] * config.batch_size if progress else 0
         train_loader = make_loader(train_dataset, config, config.batch_size, train_sampler, device)
         started = time.time()
-        losses, stopped_at = train_one_epoch(ddp_model, criterion, train_loader, optimizer, scaler, device, epoch,
-                                             config, stop, train_sampler.skip // config.batch_size)
-        if stopped_at is not None:
+        progress = train_one_epoch(ddp_model, criterion, train_loader, optimizer, scaler, device, epoch, config,
+                                   stop, progress)
+        if progress['stopped']:
             all_states = gather([rng_states()])
             if is_main_process():
                 path = checkpoint_dir / 'last.pth.tar'
+                del progress['stopped']
                 save_checkpoint(checkpoint_contents(model, optimizer, scheduler, scaler, config, epoch - 1, best,
-                                                    all_states, epoch_in_progress=epoch, iteration=stopped_at), path)
-                logger.info(f'stopped by signal {stop.signum} at epoch {epoch} iteration {stopped_at}; resumable '
-                            f'checkpoint: {path}\ncontinue with: python main.py -rm train -c ... --resume {path}')
+                                                    all_states, epoch_in_progress=epoch, progress=progress), path)
+                logger.info(f'stopped by signal {stop.signum} at epoch {epoch} iteration {progress["iteration"]}; '
+                            f'resumable checkpoint: {path}\n'
+                            f'continue with: python main.py -rm train -c ... --resume {path}')
             return 'interrupted'
+        losses = mean_losses(progress)
         scheduler.step()
         logger.info(f'epoch {epoch} training ({time.time() - started:.0f} s):\n{format_table(losses)}')
         eval_metrics = evaluate(model, postprocessor, test_loader, test_dataset, device, config, epoch, run_dir)
-        score = eval_metrics.get('mAP 0.5:0.95') if higher_is_better and eval_metrics else losses.get('loss')
-        if score is not None and is_main_process():
-            is_best = best is None or (score > best if higher_is_better else score < best)
-            best = score if is_best else best
-        best = broadcast(best)
+        score = eval_metrics['mAP 0.5:0.95'] if higher_is_better and is_main_process() else losses['loss']
+        is_best = broadcast(best is None or (score > best if higher_is_better else score < best))
+        best = broadcast(score) if is_best else best
         all_states = gather([rng_states()])
         if is_main_process():
             record_metrics(run_dir, epoch, eval_metrics, losses, wandb_run)
@@ -449,7 +462,7 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
             save_checkpoint(checkpoint_contents(model, optimizer, scheduler, scaler, config, epoch, best, all_states),
                             path)
             link_or_copy(path, checkpoint_dir / 'last.pth.tar')
-            if best == score:
+            if is_best:
                 link_or_copy(path, checkpoint_dir / 'best.pth.tar')
             prune_epoch_checkpoints(checkpoint_dir)
         if stop.agreed(device):
@@ -482,7 +495,7 @@ RESUME_KEYS = ('epoch', 'model_state_dict', 'optimizer_state_dict', 'scheduler_s
 
 
 def resume_from(path, model, optimizer, scheduler, scaler, rank, world_size):
-    """Restore a training run; returns (epoch to start, iteration to start it at, best score)."""
+    """Restore a training run; returns (epoch to start, the progress made in it or None, best score)."""
     checkpoint = load_weights_or_fail(model, path)
     missing = [k for k in RESUME_KEYS if k not in checkpoint]
     if missing:
@@ -502,5 +515,5 @@ def resume_from(path, model, optimizer, scheduler, scaler, rank, world_size):
                     'random states are re-seeded')
     best = checkpoint.get('best_mAP', checkpoint.get('best_loss'))
     if 'epoch_in_progress' in checkpoint:
-        return checkpoint['epoch_in_progress'], checkpoint['iteration'], best
-    return checkpoint['epoch'] + 1, 0, best
+        return checkpoint['epoch_in_progress'], checkpoint['progress'], best
+    return checkpoint['epoch'] + 1, None, best

@@ -1,0 +1,318 @@
+"""main.py and trainer.py as a user runs them: train, evaluate, resume, several processes, signals, errors.
+
+Every run uses a tiny MTTR (small Swin, 1-layer RoBERTa built from a config, 4 object queries) on the fake
+A2D-Sentences dataset of `fake_datasets`, on the CPU with `num_workers: 0`, so results are reproducible.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import main
+import trainer
+from config import Config, load_config
+from fake_datasets import make_a2d_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+A2D_CONFIG = REPO / 'configs' / 'a2d_sentences.yaml'
+TINY_MODEL = dict(backbone_pretrained=False, swin_embed_dim=24, swin_depths=[2, 2, 2, 2],
+                  swin_num_heads=[1, 1, 1, 1], d_model=64, dim_feedforward=32, nheads=2, num_queries=4,
+                  num_encoder_layers=1, num_decoder_layers=2, text_encoder_pretrained=False,
+                  freeze_text_encoder=False)
+SMALL_DATA = dict(num_workers=0, train_short_size=64, train_max_size=96, eval_short_size=64, eval_max_size=96)
+ORIGINAL_CHECKPOINT_KEYS = {'epoch', 'total_epochs', 'model_state_dict', 'optimizer_state_dict',
+                            'scheduler_state_dict', 'grad_scaler_state_dict', 'best_mAP'}
+
+
+def write_tiny_text_encoder(directory, tokenizer_dir):
+    from transformers import AutoTokenizer, RobertaConfig
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.save_pretrained(directory)
+    RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=64).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory, shared_dir):
+    """The fake dataset, a tiny text encoder and the `--set` flags that point the A2D config at them."""
+    root = tmp_path_factory.mktemp('main')
+    dataset = make_a2d_dataset(root / 'a2d_sentences')
+    text_encoder = write_tiny_text_encoder(root / 'text_encoder', shared_dir / 'parity' / 'tokenizer')
+    values = dict(TINY_MODEL, **SMALL_DATA, dataset_path=str(dataset.root), cache_dir=str(root / 'cache'),
+                  text_encoder_type=str(text_encoder), epochs=2)
+    overrides = [f'{k}={json.dumps(v) if isinstance(v, list) else v}' for k, v in values.items()]
+    return root, overrides
+
+
+def set_flags(overrides, **more):
+    flags = []
+    for item in overrides + [f'{k}={v}' for k, v in more.items()]:
+        flags += ['--set', item]
+    return flags
+
+
+def run_main(*args, expect=0, **popen):
+    result = subprocess.run([sys.executable, str(REPO / 'main.py'), *map(str, args)], capture_output=True,
+                            text=True, cwd=REPO, timeout=600, **popen)
+    assert result.returncode == expect, f'exit code {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
+    return result
+
+
+def train_args(setup, run_dir, *extra, **more):
+    _, overrides = setup
+    return ['-rm', 'train', '-c', A2D_CONFIG, '-ws', 3, '-bs', 2, '--cpu', '--output_dir', run_dir,
+            *set_flags(overrides, **more), *extra]
+
+
+def eval_args(setup, run_dir, checkpoint, *extra):
+    _, overrides = setup
+    return ['-rm', 'eval', '-c', A2D_CONFIG, '-ws', 3, '-bs', 2, '--cpu', '-ckpt', checkpoint,
+            '--output_dir', run_dir, *set_flags(overrides), *extra]
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def load(path):
+    return torch.load(path, weights_only=True, map_location='cpu')
+
+
+@pytest.fixture(scope='module')
+def trained_run(setup):
+    root, _ = setup
+    run_dir = root / 'run_2_epochs'
+    run_main(*train_args(setup, run_dir))
+    return run_dir
+
+
+def test_training_run_directory(trained_run, setup):
+    names = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob('*')}
+    assert {'config.yaml', 'log.txt', 'metrics.jsonl', 'metrics_epoch_0.json', 'metrics_epoch_1.json',
+            'checkpoints/0.pth.tar', 'checkpoints/1.pth.tar', 'checkpoints/last.pth.tar',
+            'checkpoints/best.pth.tar'} <= names
+    lines = [json.loads(line) for line in (trained_run / 'metrics.jsonl').read_text().splitlines()]
+    assert [line['epoch'] for line in lines] == [0, 1]
+    assert all('mAP 0.5:0.95' in line['metrics'] and 'loss_dice' in line['train_losses'] for line in lines)
+    assert 'epoch 1 evaluation' in (trained_run / 'log.txt').read_text()
+
+    config = load_config(trained_run / 'config.yaml', [])
+    assert (config.epochs, config.window_size, config.batch_size, config.d_model) == (2, 3, 2, 64)
+
+    checkpoint = load(trained_run / 'checkpoints' / '1.pth.tar')
+    assert ORIGINAL_CHECKPOINT_KEYS <= set(checkpoint)
+    assert (checkpoint['epoch'], checkpoint['total_epochs']) == (1, 2)
+    assert torch.equal(load(trained_run / 'checkpoints' / 'last.pth.tar')['model_state_dict']['is_referred_head.weight'],
+                       checkpoint['model_state_dict']['is_referred_head.weight'])
+
+
+def test_evaluating_a_checkpoint_gives_the_metrics_of_its_epoch(trained_run, setup, tmp_path):
+    # best.pth.tar is epoch 0 here: no epoch beats its mAP (0) in two epochs of a tiny model
+    result = run_main(*eval_args(setup, tmp_path / 'eval', trained_run / 'checkpoints' / 'best.pth.tar'))
+    assert 'mAP 0.5:0.95' in result.stdout
+    evaluated = read_json(tmp_path / 'eval' / 'metrics_epoch_0.json')
+    assert evaluated == read_json(trained_run / 'metrics_epoch_0.json')
+    assert evaluated['overall_iou'] > 0  # not an all-zero comparison
+    assert not (tmp_path / 'eval' / 'checkpoints').exists()
+
+
+def test_two_process_evaluation_equals_one_process(trained_run, setup, tmp_path):
+    run_main(*eval_args(setup, tmp_path / 'eval', trained_run / 'checkpoints' / '0.pth.tar', '-ng', 2))
+    assert read_json(tmp_path / 'eval' / 'metrics_epoch_0.json') == read_json(trained_run / 'metrics_epoch_0.json')
+
+
+def assert_same_weights(first, second):
+    assert first.keys() == second.keys()
+    different = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not different, f'{len(different)} tensors differ, e.g. {different[:5]}'
+
+
+def test_resuming_after_one_epoch_gives_the_weights_of_an_uninterrupted_run(trained_run, setup, tmp_path):
+    run_dir = tmp_path / 'run'
+    run_main(*train_args(setup, run_dir, epochs=1))
+    result = run_main(*train_args(setup, tmp_path / 'resumed', '--resume', run_dir / 'checkpoints' / 'last.pth.tar'))
+    assert 'resumed from' in result.stdout
+    resumed = load(tmp_path / 'resumed' / 'checkpoints' / '1.pth.tar')
+    uninterrupted = load(trained_run / 'checkpoints' / '1.pth.tar')
+    assert_same_weights(resumed['model_state_dict'], uninterrupted['model_state_dict'])
+    assert resumed['scheduler_state_dict']['last_epoch'] == uninterrupted['scheduler_state_dict']['last_epoch'] == 2
+    assert read_json(tmp_path / 'resumed' / 'metrics_epoch_1.json') == read_json(trained_run / 'metrics_epoch_1.json')
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(setup, tmp_path):
+    run_dir = tmp_path / 'run'
+    process = subprocess.Popen([sys.executable, str(REPO / 'main.py'), *map(str, train_args(setup, run_dir,
+                                                                                           epochs=1000))],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / 'checkpoints' / '0.pth.tar').exists():
+            assert process.poll() is None and time.time() < deadline, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == main.INTERRUPTED_EXIT_CODE, stderr[-3000:]
+    assert 'resum' in stdout
+    checkpoint = load(run_dir / 'checkpoints' / 'last.pth.tar')
+    stopped_in = checkpoint.get('epoch_in_progress', checkpoint['epoch'] + 1)
+    assert stopped_in >= 1
+
+    result = run_main(*train_args(setup, run_dir, '--resume', run_dir / 'checkpoints' / 'last.pth.tar',
+                                  epochs=stopped_in + 1))
+    assert f'resumed from' in result.stdout
+    assert (run_dir / 'checkpoints' / f'{stopped_in}.pth.tar').is_file()
+    assert load(run_dir / 'checkpoints' / 'last.pth.tar')['epoch'] == stopped_in
+
+
+def _train_replica(rank, config, port, out_dir):
+    """One of two gloo processes: one training epoch under DDP, then this replica's weights to a file."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    import datasets
+    from models import build_model
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    try:
+        trainer.seed_everything(config.seed + rank)
+        model, criterion, _ = build_model(config)
+        dataset = datasets.build_dataset('train', **config.to_dict())
+        sampler = trainer.ResumableDistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        loader = trainer.make_loader(dataset, config, config.batch_size, sampler, torch.device('cpu'))
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        ddp_model = DistributedDataParallel(model)
+        optimizer = trainer.build_optimizer(model, config)
+        scaler = torch.amp.GradScaler('cpu', enabled=False)
+        trainer.train_one_epoch(ddp_model, criterion, loader, optimizer, scaler, torch.device('cpu'), 0, config,
+                                trainer.StopRequest())
+        torch.save({'initial': initial, 'trained': model.state_dict()}, Path(out_dir) / f'rank{rank}.pt')
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_training_keeps_the_replicas_equal(setup, tmp_path):
+    _, overrides = setup
+    config = load_config(A2D_CONFIG, overrides, window_size=3, batch_size=1, device='cpu')
+    mp.start_processes(_train_replica, args=(config, main.free_port(), tmp_path), nprocs=2, start_method='spawn')
+    rank0, rank1 = load(tmp_path / 'rank0.pt'), load(tmp_path / 'rank1.pt')
+    # different seeds per rank, yet DDP starts both from rank 0's weights and keeps them equal
+    assert not torch.equal(rank0['initial']['is_referred_head.weight'], rank1['initial']['is_referred_head.weight'])
+    assert_same_weights(rank0['trained'], rank1['trained'])
+    assert not torch.equal(rank0['trained']['is_referred_head.weight'], rank0['initial']['is_referred_head.weight'])
+
+
+# --- errors -----------------------------------------------------------------------------------------------------
+
+def test_usage_errors_are_one_line(setup, tmp_path):
+    truncated = tmp_path / 'truncated.pth.tar'
+    torch.save({'model_state_dict': {'w': torch.zeros(1000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    foreign = tmp_path / 'foreign.pth.tar'
+    torch.save({'model_state_dict': {'classifier.weight': torch.zeros(2)}}, foreign)
+    cases = [
+        (eval_args(setup, tmp_path / 'e1', tmp_path / 'missing.pth.tar'), 'checkpoint not found'),
+        (eval_args(setup, tmp_path / 'e2', truncated), str(truncated)),
+        (eval_args(setup, tmp_path / 'e3', foreign), 'unexpected keys: classifier.weight'),
+        (train_args(setup, tmp_path / 't1', no_such_key=1), 'no_such_key'),
+        (train_args(setup, tmp_path / 't2', lr='fast'), 'lr'),
+        (['-rm', 'eval', '-c', A2D_CONFIG, '--cpu'], '-ckpt'),
+        (['-rm', 'train', '-c', REPO / 'configs' / 'jhmdb_sentences.yaml', '--cpu', '--output_dir', tmp_path / 'j',
+          *set_flags(setup[1])], 'evaluation only'),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((['-rm', 'train', '-c', A2D_CONFIG, '-ng', 1], '--cpu'))
+    for args, message in cases:
+        result = run_main(*args, expect=2)
+        assert message in result.stderr, (args, result.stderr)
+        assert 'Traceback' not in result.stderr, result.stderr
+
+
+def test_resume_needs_a_checkpoint_of_a_training_run(trained_run, setup, tmp_path):
+    bare = tmp_path / 'weights_only.pth.tar'
+    torch.save({'model_state_dict': load(trained_run / 'checkpoints' / '0.pth.tar')['model_state_dict']}, bare)
+    result = run_main(*train_args(setup, tmp_path / 'run', '--resume', bare), expect=2)
+    assert 'cannot resume' in result.stderr and 'optimizer_state_dict' in result.stderr
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(setup, tmp_path, monkeypatch, capsys):
+    build_model = trainer.build_model
+
+    def build_with_failing_criterion(config):
+        model, criterion, postprocessor = build_model(config)
+        forward = criterion.forward
+        calls = []
+
+        def failing(outputs, targets):
+            losses = forward(outputs, targets)
+            calls.append(1)
+            if len(calls) > 3:  # after the first epoch (3 iterations)
+                losses['loss_dice'] = losses['loss_dice'] * float('nan')
+            return losses
+        criterion.forward = failing
+        return model, criterion, postprocessor
+
+    monkeypatch.setattr(trainer, 'build_model', build_with_failing_criterion)
+    run_dir = tmp_path / 'run'
+    assert main.main(list(map(str, train_args(setup, run_dir)))) == 2
+    error = capsys.readouterr().err
+    assert 'non-finite loss at epoch 1' in error and 'loss_dice' in error
+    good = load(run_dir / 'checkpoints' / '0.pth.tar')
+    last = load(run_dir / 'checkpoints' / 'last.pth.tar')
+    assert last['epoch'] == 0
+    assert_same_weights(last['model_state_dict'], good['model_state_dict'])
+    assert not (run_dir / 'checkpoints' / '1.pth.tar').exists()
+
+
+def test_shard_sampler_evaluates_every_sample_once():
+    dataset = list(range(7))
+    shards = [list(trainer.ShardSampler(dataset, rank, 3)) for rank in range(3)]
+    assert sorted(i for shard in shards for i in shard) == dataset
+
+
+def test_resumable_sampler_skips_what_was_done():
+    dataset = list(range(10))
+    sampler = trainer.ResumableDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.skip = 4
+    assert list(sampler) == full[4:] and len(sampler) == 6
+
+
+def test_an_epoch_stopped_part_way_continues_where_it_stopped(setup):
+    import datasets
+    from models import build_model
+    _, overrides = setup
+    config = load_config(A2D_CONFIG, overrides, window_size=3, batch_size=1, device='cpu')
+    model, criterion, _ = build_model(config)
+    dataset = datasets.build_dataset('train', **config.to_dict())
+    sampler = trainer.ResumableDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+    optimizer = trainer.build_optimizer(model, config)
+    scaler = torch.amp.GradScaler('cpu', enabled=False)
+    stop = trainer.StopRequest()
+    stop.signum = signal.SIGTERM
+
+    def epoch(progress):
+        sampler.skip = progress['iteration'] if progress else 0
+        loader = trainer.make_loader(dataset, config, 1, sampler, torch.device('cpu'))
+        return trainer.train_one_epoch(model, criterion, loader, optimizer, scaler, torch.device('cpu'), 0, config,
+                                       stop, progress)
+
+    first = epoch(None)
+    assert first['stopped'] and (first['iteration'], first['count']) == (1, 1)
+    second = epoch(first)
+    assert second['stopped'] and (second['iteration'], second['count']) == (2, 2)
+    stop.signum = None
+    rest = epoch(second)
+    assert not rest['stopped'] and rest['iteration'] == rest['count'] == len(dataset) == 6
+    assert set(trainer.mean_losses(rest)) >= {'loss', 'loss_dice', 'loss_is_referred', 'loss_sigmoid_focal'}
