@@ -113,6 +113,8 @@ def launch_plan(args):
 
 def _worker(rank, devices, backend, port, config, resume):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    if backend == 'gloo':  # CPU processes share the cores instead of each taking all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(devices)))
     try:
         trainer.run(config, rank=rank, world_size=len(devices), device=devices[rank], backend=backend, resume=resume)
     except trainer.RunError as error:

@@ -26,6 +26,7 @@ from tools.make_submission_zip import write_submission_zip
 from utils import get_rank, get_world_size, is_main_process, read_checkpoint, save_checkpoint
 
 KEEP_EPOCH_CHECKPOINTS = 15
+PICTURE_MIN_HEIGHT = 240
 logger = logging.getLogger('mttr')
 
 
@@ -232,6 +233,7 @@ def evaluate(model, postprocessor, loader, dataset, device, config, epoch, run_d
     """Evaluate on the test split; returns the metrics dict on the main process (None elsewhere)."""
     model.eval()
     predictions = []
+    pictures_left = config.eval_pictures if is_main_process() else 0
     bar = tqdm(loader, desc=f'evaluating epoch {epoch}', disable=not is_main_process(), dynamic_ncols=True)
     for batch in bar:
         samples = batch['samples'].to(device)
@@ -245,6 +247,9 @@ def evaluate(model, postprocessor, loader, dataset, device, config, epoch, run_d
         targets = [batch['targets'][i] for i in valid_indices.tolist()]
         outputs = model(samples, valid_indices.to(device), batch['text_queries'])
         outputs.pop('aux_outputs', None)
+        if pictures_left > 0:
+            pictures_left -= save_evaluation_pictures(run_dir / 'pictures' / f'epoch_{epoch}', samples, valid_indices,
+                                                      outputs, targets, batch['text_queries'], pictures_left)
         outputs, targets = flatten_frames_and_videos(outputs, targets)
         processed = postprocessor(outputs, resized_padded_sample_size=samples.tensors.shape[-2:],
                                   resized_sample_sizes=[t['size'] for t in targets],
@@ -260,6 +265,40 @@ def evaluate(model, postprocessor, loader, dataset, device, config, epoch, run_d
         return None
     coco_gt = metrics.read_coco_ground_truth(dataset.coco_gt_path)
     return metrics.compute_referring_metrics(coco_gt, predictions, verbose=False)
+
+
+def save_evaluation_pictures(directory, samples, valid_indices, outputs, targets, text_queries, limit):
+    """For up to `limit` videos of a batch: the annotated frame with the mask of the query scored most likely to
+    be referred (left) and with the ground truth (right), the query above. Returns how many were written."""
+    from PIL import Image
+
+    from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from inference import draw_overlay
+    directory.mkdir(parents=True, exist_ok=True)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    padded_size = samples.tensors.shape[-2:]
+    written = 0
+    for b in range(min(limit, samples.tensors.shape[1])):
+        frame_position, target = valid_indices[0].item(), targets[0][b]
+        h, w = target['size'].tolist()
+        frame = ((samples.tensors[frame_position, b].cpu() * std + mean).clamp(0, 1) * 255).byte()
+        image = Image.fromarray(frame.permute(1, 2, 0)[:h, :w].numpy())
+        referred = outputs['pred_is_referred'][0, b].softmax(-1)[:, 0]  # [N]
+        best = referred.argmax().item()
+        logits = torch.nn.functional.interpolate(outputs['pred_masks'][0, b, best][None, None].float(), padded_size,
+                                                 mode='bilinear', align_corners=False)[0, 0, :h, :w]
+        predicted = (logits.sigmoid() > 0.5).cpu().numpy()
+        truth = target['masks'][target['referred_instance_idx']].cpu().numpy()
+        scale = -(-PICTURE_MIN_HEIGHT // h)  # small frames are enlarged so the caption stays readable
+        if scale > 1:
+            image = image.resize((w * scale, h * scale), Image.NEAREST)
+            predicted, truth = (m.repeat(scale, 0).repeat(scale, 1) for m in (predicted, truth))
+        panels = [draw_overlay(image, predicted, f'prediction ({referred[best]:.2f}): {text_queries[b]}', (0, 200, 0)),
+                  draw_overlay(image, truth, 'ground truth', (230, 40, 40))]
+        name = str(target['image_id']).replace('/', '_')
+        Image.fromarray(np.concatenate(panels, axis=1)).save(directory / f'{name}.png')
+        written += 1
+    return written
 
 
 def gather(items):
@@ -392,12 +431,12 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
     if config.running_mode == 'train' and config.dataset_name == 'jhmdb_sentences':
         raise RunError('JHMDB-Sentences is used for evaluation only (as in the paper): run with -rm eval and an '
                        'A2D-Sentences checkpoint')
-    model, criterion, postprocessor = build_model(config)
+    model, criterion, postprocessor = build_or_fail(build_model, config)
     model.to(device)
     criterion.to(device)
     loaded = load_weights_or_fail(model, config.checkpoint_path) if config.checkpoint_path else {}
 
-    test_dataset = datasets.build_dataset('test', **config.to_dict())
+    test_dataset = build_or_fail(datasets.build_dataset, 'test', **config.to_dict())
     test_loader = make_loader(test_dataset, config, config.eval_batch_size,
                               ShardSampler(test_dataset, rank, world_size), device)
     wandb_run = start_wandb(config, run_dir)
@@ -410,7 +449,7 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
             logger.info(f'evaluated {config.checkpoint_path}; metrics in {run_dir}')
         return 'done'
 
-    train_dataset = datasets.build_dataset('train', **config.to_dict())
+    train_dataset = build_or_fail(datasets.build_dataset, 'train', **config.to_dict())
     ddp_model = model
     if world_size > 1:
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
@@ -481,6 +520,14 @@ def broadcast(value):
     shared = [value]
     dist.broadcast_object_list(shared, src=0)
     return shared[0]
+
+
+def build_or_fail(build, *args, **kwargs):
+    """Model and dataset builders report bad configs and dataset layouts with these; main.py prints them."""
+    try:
+        return build(*args, **kwargs)
+    except (FileNotFoundError, OSError, ValueError, RuntimeError) as error:
+        raise RunError(str(error)) from error
 
 
 def load_weights_or_fail(model, path):
