@@ -82,6 +82,7 @@ class Config:
     valid_video_ids_path: Optional[str] = None
     # evaluation and logging
     calculate_precision_and_iou_metrics: bool = True
+    eval_pictures: int = 4
     wandb_mode: str = 'disabled'
     output_dir: str = ''
     # set from the command line
