@@ -3,22 +3,24 @@
     model, postprocessor = torch.hub.load('path/to/this/repo', 'mttr_refer_youtube_vos', source='local',
                                           checkpoint='refer-youtube-vos_window-12.pth.tar')
 
-Each entry point builds the network of the paper in eval mode, loads the weights and returns
-`(model, postprocessor)`. `checkpoint` is a local file or a URL; with `download=True` and no `checkpoint`, the
-official file is fetched from the URL in OFFICIAL_CHECKPOINT_URLS through torch.hub's cache. Nothing is downloaded
-otherwise. The text encoder's weights come from the checkpoint, so only roberta-base's config and tokenizer are
-needed: pass `text_encoder_type` a local directory holding them to work offline.
+Each entry point builds the network of the paper in eval mode, loads the weights (with weights_only=True) and
+returns `(model, postprocessor)`, as the original's hubconf does. `checkpoint` is a local file, or a URL that is
+fetched into torch.hub's cache; without `checkpoint`, `download=True` fetches the official file (the URLs in
+OFFICIAL_CHECKPOINT_URLS) and `download=False`, the default, raises an error that gives the URL. The text
+encoder's weights come from the checkpoint, so only roberta-base's config and tokenizer are needed: pass
+`text_encoder_type` a local directory holding them to work offline.
 """
 import hashlib
-from pathlib import Path
-from typing import Optional, Sequence, Union
+import pathlib
+import typing
 
 import torch
 
 dependencies = ['torch', 'transformers', 'timm', 'einops', 'scipy', 'pycocotools', 'numpy', 'ruamel.yaml']
 
-REPO_DIR = Path(__file__).resolve().parent
-CheckpointSource = Optional[Union[str, Path]]  # a local file or a URL
+REPO_DIR = pathlib.Path(__file__).resolve().parent
+# Only the entry points are public callables: torch.hub.list lists every public callable of this module.
+_CheckpointSource = typing.Optional[typing.Union[str, pathlib.Path]]  # a local file or a URL
 # The files linked from the original MTTR README (Google Drive file ids).
 OFFICIAL_CHECKPOINT_URLS = {
     'refer_youtube_vos_window12':
@@ -34,7 +36,7 @@ def _is_url(text: str) -> bool:
     return text.startswith(('http://', 'https://'))
 
 
-def _read_weights(name: str, checkpoint: CheckpointSource, download: bool):
+def _read_weights(name: str, checkpoint: _CheckpointSource, download: bool):
     """The checkpoint dict from a local file, a URL or (download=True) the official URL."""
     if checkpoint is None:
         if not download:
@@ -56,8 +58,8 @@ def _read_weights(name: str, checkpoint: CheckpointSource, download: bool):
                            f'{error}). Download it by hand (links in the README) and pass checkpoint=PATH') from error
 
 
-def _build(name: str, config_file: str, window_size: int, checkpoint: CheckpointSource, download: bool,
-           text_encoder_type: str, device, config_overrides: Sequence[str]):
+def _build(name: str, config_file: str, window_size: int, checkpoint: _CheckpointSource, download: bool,
+           text_encoder_type: str, device, config_overrides: typing.Sequence[str]):
     from config import load_config
     from models import build_model, load_model_weights
 
@@ -71,8 +73,9 @@ def _build(name: str, config_file: str, window_size: int, checkpoint: Checkpoint
     return model.to(device).eval(), postprocessor
 
 
-def mttr_refer_youtube_vos(checkpoint: CheckpointSource = None, download: bool = False,
-                           text_encoder_type: str = 'roberta-base', device='cpu', config_overrides: Sequence[str] = ()):
+def mttr_refer_youtube_vos(checkpoint: _CheckpointSource = None, download: bool = False,
+                           text_encoder_type: str = 'roberta-base', device='cpu',
+                           config_overrides: typing.Sequence[str] = ()):
     """MTTR trained on Refer-YouTube-VOS with windows of 12 frames (J&F 55.32 on the validation set).
 
     Returns (model, ReferYoutubeVOSPostProcess). checkpoint: a local file or a URL; download=True without a
@@ -82,9 +85,9 @@ def mttr_refer_youtube_vos(checkpoint: CheckpointSource = None, download: bool =
                   text_encoder_type, device, config_overrides)
 
 
-def mttr_a2d_sentences_window10(checkpoint: CheckpointSource = None, download: bool = False,
+def mttr_a2d_sentences_window10(checkpoint: _CheckpointSource = None, download: bool = False,
                                 text_encoder_type: str = 'roberta-base', device='cpu',
-                                config_overrides: Sequence[str] = ()):
+                                config_overrides: typing.Sequence[str] = ()):
     """MTTR trained on A2D-Sentences with windows of 10 frames (mAP 46.1; 39.2 on JHMDB-Sentences).
 
     Returns (model, A2DSentencesPostProcess). Arguments as in mttr_refer_youtube_vos.
@@ -93,9 +96,9 @@ def mttr_a2d_sentences_window10(checkpoint: CheckpointSource = None, download: b
                   device, config_overrides)
 
 
-def mttr_a2d_sentences_window8(checkpoint: CheckpointSource = None, download: bool = False,
+def mttr_a2d_sentences_window8(checkpoint: _CheckpointSource = None, download: bool = False,
                                text_encoder_type: str = 'roberta-base', device='cpu',
-                               config_overrides: Sequence[str] = ()):
+                               config_overrides: typing.Sequence[str] = ()):
     """MTTR trained on A2D-Sentences with windows of 8 frames (mAP 44.7; 36.6 on JHMDB-Sentences).
 
     Returns (model, A2DSentencesPostProcess). Arguments as in mttr_refer_youtube_vos.

@@ -395,8 +395,10 @@ def parse_args(argv=None):
         epilog='Config values are merged as: YAML file < the flags above < --set. The text encoder\'s pretrained '
                'weights are not loaded (the checkpoint holds them) unless --set text_encoder_pretrained=true.')
     parser.add_argument('-c', '--config_path', required=True, help='YAML config, e.g. configs/refer_youtube_vos.yaml')
-    parser.add_argument('-ckpt', '--checkpoint_path', required=True, help='MTTR checkpoint (official ones load as they are)')
-    parser.add_argument('--video', required=True, help='a video file (mp4, avi, webm, ...) or a folder of jpg/png frames')
+    parser.add_argument('-ckpt', '--checkpoint_path', required=True,
+                        help='MTTR checkpoint (official ones load as they are)')
+    parser.add_argument('--video', required=True,
+                        help='a video file (mp4, avi, webm, ...) or a folder of jpg/png frames')
     parser.add_argument('--text', dest='queries', action='append', required=True, metavar='QUERY',
                         help='the text query (repeatable: each query is segmented separately)')
     parser.add_argument('-o', '--output_dir', required=True, help='where the results go (one folder per query)')
