@@ -134,6 +134,17 @@ def test_two_process_evaluation_equals_one_process(trained_run, setup, tmp_path)
     assert read_json(tmp_path / 'eval' / 'metrics_epoch_0.json') == read_json(trained_run / 'metrics_epoch_0.json')
 
 
+def test_torchrun_processes_join_its_process_group(trained_run, setup, tmp_path):
+    _, overrides = setup
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port',
+                             str(main.free_port()), str(REPO / 'main.py'),
+                             *map(str, eval_args(setup, tmp_path / 'eval', trained_run / 'checkpoints' / '0.pth.tar'))],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '(2 process(es), cpu)' in result.stdout
+    assert read_json(tmp_path / 'eval' / 'metrics_epoch_0.json') == read_json(trained_run / 'metrics_epoch_0.json')
+
+
 def assert_same_weights(first, second):
     assert first.keys() == second.keys()
     different = [k for k in first if not torch.equal(first[k], second[k])]
