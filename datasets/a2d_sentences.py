@@ -4,7 +4,9 @@ One sample is (query, video, annotated frame, instance) for every annotated fram
 instance has a mask; its input is a window of `window_size` frames centred on that frame.
 """
 import csv
+import os
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -133,9 +135,30 @@ class ClipReader:
     warning) from then on.
     """
 
+    OPEN_CLIPS = 4  # containers kept open between reads (samples of one clip often follow each other)
+
     def __init__(self):
         self._timestamps: Dict[str, List[int]] = {}
         self._decode_whole = set()
+        self._open: 'OrderedDict[str, av.container.InputContainer]' = OrderedDict()
+        self._open_pid = os.getpid()
+
+    def __getstate__(self):  # data-loader workers get the reader without open files
+        return {**self.__dict__, '_open': OrderedDict()}
+
+    def _container(self, path: str):
+        if self._open_pid != os.getpid():  # a forked worker must not share its parent's file offsets
+            self._open, self._open_pid = OrderedDict(), os.getpid()
+        container = self._open.pop(path, None) or av.open(path)
+        self._open[path] = container
+        while len(self._open) > self.OPEN_CLIPS:
+            self._open.popitem(last=False)[1].close()
+        return container
+
+    def _forget(self, path: str):
+        container = self._open.pop(path, None)
+        if container is not None:
+            container.close()
 
     def read_window(self, path, start: int, stop: int) -> List[Image.Image]:
         """Frames `start .. stop-1` (0-based), indices out of the clip clamped to its first/last frame."""
@@ -152,6 +175,7 @@ class ClipReader:
             frames = self._decode_all(path)
             return [frames[i].to_image() for i in _clamped(start, stop, len(frames))]
         except av.FFmpegError as e:
+            self._forget(path)
             raise RuntimeError(f'cannot read the video {path}: {e}') from e
 
     def _frame_timestamps(self, path: str) -> List[int]:
@@ -175,18 +199,18 @@ class ClipReader:
         """The frames with presentation timestamps `wanted` (in that order), or None if not all were delivered."""
         first, remaining = min(wanted), set(wanted)
         found = {}
-        with av.open(path) as container:
-            stream = self._video_stream(container, path)
-            codec = stream.codec_context
-            container.seek(first, stream=stream, backward=True, any_frame=False)
-            for packet in container.demux(stream):
-                codec.skip_frame = 'NONREF' if packet.pts is not None and packet.pts < first else 'DEFAULT'
-                for frame in packet.decode():
-                    if frame.pts in remaining:
-                        found[frame.pts] = frame.to_image()
-                        remaining.discard(frame.pts)
-                if not remaining:
-                    break
+        container = self._container(path)
+        stream = self._video_stream(container, path)
+        codec = stream.codec_context
+        container.seek(first, stream=stream, backward=True, any_frame=False)  # also empties the decoder
+        for packet in container.demux(stream):
+            codec.skip_frame = 'NONREF' if packet.pts is not None and packet.pts < first else 'DEFAULT'
+            for frame in packet.decode():
+                if frame.pts in remaining:
+                    found[frame.pts] = frame.to_image()
+                    remaining.discard(frame.pts)
+            if not remaining:
+                break
         return None if remaining else [found[pts] for pts in wanted]
 
     def _decode_all(self, path: str) -> list:

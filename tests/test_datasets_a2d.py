@@ -340,3 +340,15 @@ def test_real_annotation_rows():
     assert ('T6bNPuKV-wY', 1, 'a man in black suit standing on the right') in rows
     assert 'bird standing in the beach' not in {q for _, _, q in rows}
     assert all(q == ' '.join(q.split()) for _, _, q in rows)
+
+
+def test_clip_reader_keeps_few_clips_open_and_none_across_processes(tmp_path):
+    import pickle
+    reader = ClipReader()
+    paths = [tmp_path / f'clip{i}.mp4' for i in range(ClipReader.OPEN_CLIPS + 2)]
+    for path in paths:
+        write_index_clip(path, 12)
+        assert [frame_index(f) for f in reader.read_window(path, 3, 6)] == [3, 4, 5]
+    assert len(reader._open) == ClipReader.OPEN_CLIPS
+    assert pickle.loads(pickle.dumps(reader))._open == {}
+    assert [frame_index(f) for f in reader.read_window(paths[-1], 0, 2)] == [0, 1]  # an open clip, read again

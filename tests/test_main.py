@@ -19,7 +19,7 @@ from PIL import Image
 import main
 import trainer
 from config import Config, load_config
-from fake_datasets import make_a2d_dataset, make_ref_youtube_vos_dataset
+from tests.fake_datasets import make_a2d_dataset, make_ref_youtube_vos_dataset
 from tools.make_submission_zip import check_submission_zip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -267,6 +267,10 @@ def test_usage_errors_are_one_line(setup, tmp_path, capsys):
         (['-rm', 'train', '-c', REPO / 'configs' / 'jhmdb_sentences.yaml', '--cpu', '--output_dir', tmp_path / 'j',
           *set_flags(setup[1])], 'evaluation only'),
     ]
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        cases.append((train_args(setup, tmp_path / 't5', wandb_mode='online'), 'pip install wandb'))
     if not torch.cuda.is_available():
         cases.append((['-rm', 'train', '-c', A2D_CONFIG, '-ng', 1], '--cpu'))
     for args, message in cases:  # in this process: an exception other than the handled ones fails the test
