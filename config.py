@@ -67,6 +67,8 @@ class Config:
     eos_coef: float = 0.1
     # data
     dataset_name: str = 'a2d_sentences'
+    # datasets/synthetic.py: generated on first use (in the A2D-Sentences layout) when dataset_path is empty
+    synthetic_dataset: bool = False
     dataset_path: str = './a2d_sentences'
     resize_and_crop_augmentations: bool = True
     horizontal_flip_augmentations: bool = True

@@ -75,6 +75,12 @@ def build_config(args):
         config = load_config(args.config_path, args.overrides, **flags)
     except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
         raise UsageError(str(error).strip('"')) from error
+    if config.synthetic_dataset:
+        from datasets.synthetic import ensure_synthetic_dataset
+        try:
+            ensure_synthetic_dataset(config)
+        except (FileNotFoundError, ValueError) as error:
+            raise UsageError(str(error)) from error
     if config.running_mode == 'eval' and not config.checkpoint_path:
         raise UsageError('-rm eval needs a checkpoint: -ckpt CHECKPOINT')
     for path in (config.checkpoint_path, args.resume):

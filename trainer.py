@@ -9,6 +9,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 import datasets
+from datasets.files import SubsetWarning
 import metrics
 from config import save_config
 from models import build_model, load_model_weights
@@ -428,6 +430,8 @@ def run(config, rank, world_size, device, backend=None, resume=None):
 
 def _run(config, rank, world_size, device, run_dir, resume, stop):
     seed_everything(config.seed + rank)
+    if config.synthetic_dataset:  # generated data is not a subset of A2D-Sentences: no row-count warnings
+        warnings.simplefilter('ignore', SubsetWarning)
     if config.running_mode == 'train' and config.dataset_name == 'jhmdb_sentences':
         raise RunError('JHMDB-Sentences is used for evaluation only (as in the paper): run with -rm eval and an '
                        'A2D-Sentences checkpoint')
@@ -468,6 +472,7 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
     if is_main_process():
         checkpoint_dir.mkdir(exist_ok=True)
     higher_is_better = config.dataset_name != 'ref_youtube_vos'
+    run_started, best_epoch, best_metrics = time.time(), None, None
     for epoch in range(start_epoch, config.epochs):
         train_sampler.set_epoch(epoch)
         progress = resumed_progress if epoch == start_epoch else None
@@ -494,6 +499,8 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
         score = eval_metrics['mAP 0.5:0.95'] if higher_is_better and is_main_process() else losses['loss']
         is_best = broadcast(best is None or (score > best if higher_is_better else score < best))
         best = broadcast(score) if is_best else best
+        if is_best:
+            best_epoch, best_metrics = epoch, eval_metrics
         all_states = gather([rng_states()])
         if is_main_process():
             record_metrics(run_dir, epoch, eval_metrics, losses, wandb_run)
@@ -509,8 +516,16 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
                         f'{checkpoint_dir / "last.pth.tar"}')
             return 'interrupted'
     if is_main_process():
-        best_name = 'best mAP 0.5:0.95' if higher_is_better else 'best training loss'
-        logger.info(f'training finished: {best_name} {best}; run directory {run_dir}; checkpoints in {checkpoint_dir}')
+        if best_epoch is None:
+            summary = f'best score {best} (before this run resumed)'
+        elif higher_is_better:
+            summary = (f'best mAP 0.5:0.95 {best:.4f} at epoch {best_epoch} (P@0.5 {best_metrics["P@0.5"]:.4f}, '
+                       f'mean IoU {best_metrics["mean_iou"]:.4f}, overall IoU {best_metrics["overall_iou"]:.4f})')
+        else:
+            summary = f'lowest training loss {best:.4f} at epoch {best_epoch}'
+        logger.info(f'training finished in {(time.time() - run_started) / 60:.1f} min: {summary}\n'
+                    f'  run directory:   {run_dir} (config.yaml, log.txt, metrics.jsonl, pictures/)\n'
+                    f'  best checkpoint: {checkpoint_dir / "best.pth.tar"}')
     return 'done'
 
 
