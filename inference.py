@@ -453,6 +453,12 @@ def load_run_config(args):
         raise UsageError(error_message(error)) from error
     if config.device.startswith('cuda') and not torch.cuda.is_available():
         raise UsageError('CUDA is not available on this machine; run on the CPU with --cpu')
+    if config.synthetic_dataset and not config.text_encoder_type:  # the tokenizer written with the synthetic data
+        from datasets.synthetic import ensure_synthetic_dataset
+        try:
+            ensure_synthetic_dataset(config)
+        except (FileNotFoundError, ValueError) as error:
+            raise UsageError(error_message(error)) from error
     if args.object_query is not None and args.object_query >= config.num_queries:
         raise UsageError(f'--object-query {args.object_query}: the model has object queries 0 to '
                          f'{config.num_queries - 1}')
