@@ -83,14 +83,19 @@ class WindowAttention3D(nn.Module):
         index = self.relative_position_index[:n, :n].reshape(-1)
         bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)  # [heads, N, N]
         attn_mask = bias.unsqueeze(0).to(q.dtype)
-        if mask is not None:
-            # view the windows as [B, num_windows] so the mask broadcasts over the batch instead of being copied
+        dropout_p = self.attn_drop if self.training else 0.0
+        if mask is None:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        else:
             num_windows = mask.shape[0]
-            q, k, v = (t.unflatten(0, (windows // num_windows, num_windows)) for t in (q, k, v))
             attn_mask = attn_mask + mask.to(q.dtype).unsqueeze(1)  # [num_windows, heads, N, N]
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.attn_drop if self.training else 0.0)
-        x = rearrange(x.reshape(windows, self.num_heads, n, -1), 'b h n d -> b n (h d)')
+            # One 4-D call per video: the fused kernel takes 4-D inputs (5-D ones, or a mask repeated over the
+            # batch, would materialise every window's [N, N] attention matrix).
+            x = torch.cat([F.scaled_dot_product_attention(q[i:i + num_windows], k[i:i + num_windows],
+                                                          v[i:i + num_windows], attn_mask=attn_mask,
+                                                          dropout_p=dropout_p)
+                           for i in range(0, windows, num_windows)])
+        x = rearrange(x, 'b h n d -> b n (h d)')
         return self.proj_drop(self.proj(x))
 
 

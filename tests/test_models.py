@@ -252,3 +252,20 @@ def test_training_step_on_cpu(shared_dir):
     total.backward()
     optimizer.step()
     assert not torch.equal(before, model.spatial_decoder.out_lay.weight)
+
+
+def test_shifted_window_attention_equals_the_explicit_softmax_for_several_videos():
+    from models.swin_transformer import WindowAttention3D, compute_mask
+    torch.manual_seed(0)
+    attention = WindowAttention3D(dim=8, window_size=(2, 2, 2), num_heads=2).eval()
+    torch.nn.init.normal_(attention.relative_position_bias_table)
+    mask = compute_mask(2, 4, 4, (2, 2, 2), (1, 1, 1), torch.device('cpu'))  # [4 windows, 8, 8]
+    videos, windows, n = 3, mask.shape[0], 8
+    x = torch.randn(videos * windows, n, 8)
+    q, k, v = attention.qkv(x).reshape(videos * windows, n, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    bias = attention.relative_position_bias_table[attention.relative_position_index.reshape(-1)]
+    bias = bias.reshape(n, n, 2).permute(2, 0, 1)
+    logits = q @ k.transpose(-1, -2) / 2 + bias + mask.repeat(videos, 1, 1)[:, None]
+    expected = attention.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(videos * windows, n, 8))
+    assert torch.allclose(attention(x, mask), expected, atol=1e-5)
+    assert not torch.allclose(attention(x, None), expected, atol=1e-3)  # the mask matters in this case
