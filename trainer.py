@@ -404,10 +404,8 @@ def run(config, rank, world_size, device, backend=None, resume=None):
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
-        if dist.is_initialized():  # e.g. under torchrun every node picks a time-stamped name: use rank 0's
-            shared = [config.output_dir]
-            dist.broadcast_object_list(shared, src=0)
-            config.output_dir = shared[0]
+        # e.g. under torchrun every node picks a time-stamped name: use rank 0's
+        config.output_dir = broadcast(config.output_dir)
         run_dir = Path(config.output_dir)
         if is_main_process():
             run_dir.mkdir(parents=True, exist_ok=True)

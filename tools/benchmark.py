@@ -1,0 +1,146 @@
+"""Time and peak memory of the MTTR network (paper architecture, random weights) on this machine.
+
+    python tools/benchmark.py --text-encoder ../shared/parity/roberta-base [--cases eval train_small ...]
+                              [--repeats 5] [--threads 2] [--device cpu|cuda] [--json benchmark.json]
+
+Cases:
+  eval         eval forward of one window, T=8, B=1, 3x320x427, centre frame annotated (A2D), inference mode
+  train_small  training step (forward + loss + backward + AdamW step), T=8, B=1, 3x160x288, A2D-style target
+  train        the same at 3x320x427
+  ytvos        Refer-YouTube-VOS evaluation of a 36-frame 360x640 video: windows of 12 + post-processing
+
+Each case runs in its own process, so its peak memory (peak RSS on the CPU, peak allocated memory on CUDA) is
+its own. Times are the median of `--repeats` runs after one warm-up run. `--amp` runs under autocast (fp16 on
+CUDA, bf16 on the CPU); the parity tests hold for fp32 only.
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = ('eval', 'train_small', 'train', 'ytvos')
+
+
+def run_case(case, args):
+    import torch
+    sys.path.insert(0, str(REPO))
+    from config import load_config
+    from models import build_model
+    from utils import NestedTensor
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    config = load_config(REPO / 'configs' / ('refer_youtube_vos.yaml' if case == 'ytvos' else 'a2d_sentences.yaml'),
+                         [f'text_encoder_type={args.text_encoder}', 'text_encoder_pretrained=false',
+                          'backbone_pretrained=false'], running_mode='eval', device=args.device)
+    model, criterion, postprocessor = build_model(config)
+    model.to(device)
+    criterion.to(device)
+    query = ['a man in black pulling up']
+    amp = torch.autocast(device.type, dtype=torch.float16 if device.type == 'cuda' else torch.bfloat16,
+                         enabled=args.amp)
+
+    def video(t, h, w):
+        return NestedTensor(torch.randn(t, 1, 3, h, w, device=device),
+                            torch.zeros(t, 1, h, w, dtype=torch.bool, device=device))
+
+    if case == 'eval':
+        model.eval()
+        samples = video(8, 320, 427)
+
+        def step():
+            with torch.inference_mode(), amp:
+                model(samples, torch.tensor([4], device=device), query)
+    elif case.startswith('train'):
+        model.train()
+        h, w = (160, 288) if case == 'train_small' else (320, 427)
+        samples = video(8, h, w)
+        masks = torch.zeros(2, h, w, dtype=torch.bool, device=device)
+        masks[0, h // 4:h // 2, w // 4:w // 2] = True
+        masks[1, h // 2:, w // 2:] = True
+        targets = [[{'masks': masks, 'referred_instance_idx': torch.tensor(0, device=device)}]]
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step():
+            with amp:
+                outputs = model(samples, torch.tensor([4], device=device), query)
+                losses = criterion(outputs, targets)
+                loss = sum(losses[k] * criterion.weight_dict[k] for k in losses)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    else:
+        model.eval()
+        frames, window = 36, 12
+        samples = video(frames, 360, 640)
+        metadata = [{'video_id': 'v', 'exp_id': '0', 'frame_indices': [f'{i:05d}' for i in range(frames)],
+                     'original_frame_size': (720, 1280), 'resized_frame_size': (360, 640)}]
+
+        def step():
+            with torch.inference_mode(), amp:
+                for start in range(0, frames, window):
+                    part = NestedTensor(samples.tensors[start:start + window], samples.mask[start:start + window])
+                    outputs = model(part, torch.arange(window, device=device), query)
+                    outputs.pop('aux_outputs')
+                    postprocessor(outputs, metadata, (360, 640))
+
+    def timed():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed()  # warm-up
+    times = [timed() for _ in range(args.repeats)]
+    if device.type == 'cuda':
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
+    return {'case': case, 'device': args.device, 'amp': args.amp, 'threads': args.threads,
+            'median_s': statistics.median(times), 'times_s': times, 'peak_memory_gib': peak}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--text-encoder', default='roberta-base', help='hub name or local directory (config + tokenizer)')
+    parser.add_argument('--cases', nargs='+', choices=CASES, default=list(CASES))
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--amp', action='store_true', help='autocast: fp16 on CUDA, bf16 on the CPU')
+    parser.add_argument('--json', help='write the results here')
+    parser.add_argument('--one-case', choices=CASES, help=argparse.SUPPRESS)  # the child process's case
+    args = parser.parse_args()
+
+    if args.one_case:
+        print(json.dumps(run_case(args.one_case, args)))
+        return 0
+    results = []
+    print(f'{"case":<12} {"device":<7} {"amp":<5} {"median s":>9} {"peak GiB":>9}   runs (s)')
+    for case in args.cases:
+        child = [sys.executable, __file__, '--one-case', case, '--text-encoder', args.text_encoder,
+                 '--repeats', str(args.repeats), '--threads', str(args.threads), '--device', args.device]
+        done = subprocess.run(child + (['--amp'] if args.amp else []), capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f'{case}: failed\n{done.stderr[-2000:]}', file=sys.stderr)
+            return 1
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        results.append(result)
+        print(f'{case:<12} {args.device:<7} {str(args.amp):<5} {result["median_s"]:>9.2f} '
+              f'{result["peak_memory_gib"]:>9.2f}   {", ".join(f"{t:.2f}" for t in result["times_s"])}')
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
