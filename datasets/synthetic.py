@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import av
 import h5py
 import numpy as np
+
+from utils import write_mp4
 
 # The version of what this module writes; part of the default directory name, so data written by an older
 # generator is never mistaken for the current one.
@@ -221,12 +222,7 @@ def video_id(split: str, index: int) -> str:
 
 def write_clip(path: Path, frames: np.ndarray):
     """An H.264 mp4 that keeps the colours: full-resolution chroma (yuv444p) and near-lossless quality."""
-    with av.open(str(path), 'w') as container:
-        stream = container.add_stream('libx264', rate=8, options={'crf': '4', 'preset': 'veryfast'})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], 'yuv444p'
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
-        container.mux(stream.encode())
+    write_mp4(path, frames, rate=8, pix_fmt='yuv444p', options={'crf': '4', 'preset': 'veryfast'})
 
 
 def write_frame_annotation(path: Path, instance_ids: List[int], masks: np.ndarray):

@@ -15,20 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-import av
 import h5py
 import numpy as np
 import scipy.io
 import torch
 from PIL import Image
 
+from config import Config
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from utils import write_mp4
 
 FRAME_WIDTH, FRAME_HEIGHT = 96, 64
+# resize sizes that keep the fake frames as they are
+SMALL_FRAME_SIZES = dict(train_short_size=64, train_max_size=96, eval_short_size=64, eval_max_size=96)
 CODE_BITS = 8
 
 
 # --- frames that show their index ---------------------------------------------------------------------------
+
+def dataset_config(dataset_name: str, root, cache_dir, **overrides) -> dict:
+    """The config of a run on a fake dataset, as `build_dataset` takes it: small frames, no random flip."""
+    values = dict(dataset_name=dataset_name, dataset_path=str(root), cache_dir=str(cache_dir),
+                  horizontal_flip_augmentations=False, **SMALL_FRAME_SIZES)
+    values.update(overrides)
+    return Config(**values).to_dict()
+
 
 def index_frame(index: int, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> np.ndarray:
     """`[H, W, 3]` uint8: a colour gradient, with bit k of `index` as stripe k (white = 1) of the top quarter."""
@@ -62,15 +73,7 @@ def write_index_clip(path, num_frames: int, width: int = FRAME_WIDTH, height: in
     """An H.264 mp4 (with B-frames) whose frame i shows i. `gop`: key frame interval (None: x264's default)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), 'w') as container:
-        stream = container.add_stream('libx264', rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
-        if gop is not None:
-            stream.codec_context.gop_size = gop
-        for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(index_frame(i, width, height), format='rgb24')
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_mp4(path, (index_frame(i, width, height) for i in range(num_frames)), rate=rate, gop=gop)
 
 
 def rectangle_mask(frame: int, slot: int, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> np.ndarray:

@@ -9,12 +9,12 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from config import Config
 from datasets import build_dataset
 from datasets import a2d_sentences
 from datasets.a2d_sentences import ClipReader, read_text_annotations
 from datasets.files import SubsetWarning
-from tests.fake_datasets import A2D_VIDEOS, a2d_mask, frame_index, make_a2d_dataset, write_a2d_h5, write_index_clip
+from tests.fake_datasets import (A2D_VIDEOS, a2d_mask, dataset_config, frame_index, make_a2d_dataset, write_a2d_h5,
+                                 write_index_clip)
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 REAL_A2D = SHARED / 'data' / 'real' / 'a2d_sentences'
@@ -24,11 +24,7 @@ pytestmark = pytest.mark.filterwarnings('ignore::datasets.files.SubsetWarning')
 
 
 def a2d_config(root, cache, **overrides):
-    values = dict(dataset_name='a2d_sentences', dataset_path=str(root), cache_dir=str(cache), window_size=WINDOW,
-                  train_short_size=64, train_max_size=96, eval_short_size=64, eval_max_size=96,
-                  horizontal_flip_augmentations=False)
-    values.update(overrides)
-    return Config(**values).to_dict()
+    return dataset_config('a2d_sentences', root, cache, **{'window_size': WINDOW, **overrides})
 
 
 @pytest.fixture(scope='module')

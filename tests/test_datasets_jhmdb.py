@@ -11,10 +11,9 @@ import scipy.io
 import torch
 from pycocotools.coco import COCO
 
-from config import Config
 from datasets import build_dataset
 from datasets.files import SubsetWarning
-from tests.fake_datasets import JHMDB_VIDEOS, frame_index, jhmdb_metadata_entry, make_jhmdb_dataset
+from tests.fake_datasets import JHMDB_VIDEOS, dataset_config, frame_index, jhmdb_metadata_entry, make_jhmdb_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 PAPER_METADATA = SHARED / 'data' / 'jhmdb_sentences_samples_metadata.json'
@@ -25,10 +24,9 @@ pytestmark = pytest.mark.filterwarnings('ignore::datasets.files.SubsetWarning')
 
 
 def jhmdb_config(root, tmp_path, **overrides):
-    values = dict(dataset_name='jhmdb_sentences', dataset_path=str(root), cache_dir=str(tmp_path / 'cache'),
-                  output_dir=str(tmp_path / 'run'), window_size=WINDOW, eval_short_size=64, eval_max_size=96)
-    values.update(overrides)
-    return Config(**values).to_dict()
+    values = {'cache_dir': str(tmp_path / 'cache'), 'window_size': WINDOW, 'output_dir': str(tmp_path / 'run'),
+              **overrides}
+    return dataset_config('jhmdb_sentences', root, values.pop('cache_dir'), **values)
 
 
 @pytest.fixture(scope='module')

@@ -10,12 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from config import Config
 from datasets import build_dataset, refer_youtube_vos
 from datasets.files import SubsetWarning
 from datasets.refer_youtube_vos import windows_of
-from tests.fake_datasets import (YTVOS_TRAIN_VIDEOS, frame_index, make_ref_youtube_vos_dataset, write_palette_png,
-                                 ytvos_frame_names, ytvos_mask)
+from tests.fake_datasets import (YTVOS_TRAIN_VIDEOS, dataset_config, frame_index, make_ref_youtube_vos_dataset,
+                                 write_palette_png, ytvos_frame_names, ytvos_mask)
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 REAL_VALID_META = SHARED / 'data/real/refer_youtube_vos/meta_expressions/valid/meta_expressions.json'
@@ -25,11 +24,7 @@ pytestmark = pytest.mark.filterwarnings('ignore::datasets.files.SubsetWarning')
 
 
 def ytvos_config(root, tmp_path, **overrides):
-    values = dict(dataset_name='ref_youtube_vos', dataset_path=str(root), cache_dir=str(tmp_path / 'cache'),
-                  window_size=WINDOW, train_short_size=64, train_max_size=96, eval_short_size=64, eval_max_size=96,
-                  horizontal_flip_augmentations=False)
-    values.update(overrides)
-    return Config(**values).to_dict()
+    return dataset_config('ref_youtube_vos', root, tmp_path / 'cache', **{'window_size': WINDOW, **overrides})
 
 
 @pytest.fixture(scope='module')

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import inference
+import utils
 from config import load_config
 from inference import choose_object_query, select_frames, window_layout
 from models import build_network
@@ -64,16 +65,7 @@ def video_frames(num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH):
 
 
 def write_mp4(path, frames, fps=FPS):
-    with av.open(str(path), 'w') as container:
-        stream = container.add_stream('libx264', rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = 'yuv420p'
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return utils.write_mp4(path, frames, rate=fps)
 
 
 def read_mp4(path):

@@ -18,8 +18,8 @@ from PIL import Image
 
 import main
 import trainer
-from config import Config, load_config
-from tests.fake_datasets import make_a2d_dataset, make_ref_youtube_vos_dataset
+from config import load_config
+from tests.fake_datasets import SMALL_FRAME_SIZES, make_a2d_dataset, make_ref_youtube_vos_dataset
 from tools.make_submission_zip import check_submission_zip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ TINY_MODEL = dict(backbone_pretrained=False, swin_embed_dim=24, swin_depths=[2, 
                   swin_num_heads=[1, 1, 1, 1], d_model=64, dim_feedforward=32, nheads=2, num_queries=4,
                   num_encoder_layers=1, num_decoder_layers=2, text_encoder_pretrained=False,
                   freeze_text_encoder=False)
-SMALL_DATA = dict(num_workers=0, train_short_size=64, train_max_size=96, eval_short_size=64, eval_max_size=96)
+SMALL_DATA = dict(num_workers=0, **SMALL_FRAME_SIZES)
 ORIGINAL_CHECKPOINT_KEYS = {'epoch', 'total_epochs', 'model_state_dict', 'optimizer_state_dict',
                             'scheduler_state_dict', 'grad_scaler_state_dict', 'best_mAP'}
 
@@ -204,7 +204,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(setup, tmp_path):
 
     result = run_main(*train_args(setup, run_dir, '--resume', run_dir / 'checkpoints' / 'last.pth.tar',
                                   epochs=stopped_in + 1))
-    assert f'resumed from' in result.stdout
+    assert 'resumed from' in result.stdout
     assert (run_dir / 'checkpoints' / f'{stopped_in}.pth.tar').is_file()
     assert load(run_dir / 'checkpoints' / 'last.pth.tar')['epoch'] == stopped_in
 

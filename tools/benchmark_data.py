@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.a2d_sentences import A2DSentencesDataset, ClipReader  # noqa: E402
 from datasets.transforms import build_transforms  # noqa: E402
 from tests.fake_datasets import make_a2d_dataset  # noqa: E402
+from utils import write_mp4  # noqa: E402
 
 WIDTH, HEIGHT, NUM_FRAMES, RATE = 428, 320, 150, 30
 VIDEO_ID = 'benchvid001'
@@ -45,17 +46,15 @@ def write_clip(path, gop):
     ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
     texture = np.random.default_rng(0).integers(-20, 20, (HEIGHT, WIDTH, 1)).repeat(3, 2)
     background = np.stack([xs * 255 // WIDTH, ys * 255 // HEIGHT, np.full_like(xs, 128)], -1)
-    with av.open(str(path), 'w') as container:
-        stream = container.add_stream('libx264', rate=RATE)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, 'yuv420p'
-        if gop is not None:
-            stream.codec_context.gop_size = gop
+
+    def frames():
         for i in range(NUM_FRAMES):
             image = np.clip(background + np.roll(texture, 3 * i, axis=1), 0, 255).astype(np.uint8)
             cx, cy = 60 + 2 * i, 160 + int(40 * np.sin(i / 10))
             image[((xs - cx) ** 2 / 900 + (ys - cy) ** 2 / 1600) < 1] = (200, 30, 30)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format='rgb24')))
-        container.mux(stream.encode())
+            yield image
+
+    write_mp4(path, frames(), rate=RATE, gop=gop)
 
 
 def samples_per_second(dataset, repeats):
