@@ -5,7 +5,9 @@
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -20,12 +22,12 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 import datasets
-from datasets.files import SubsetWarning
 import metrics
+from datasets.files import SubsetWarning
 from config import save_config
 from models import build_model, load_model_weights
 from tools.make_submission_zip import write_submission_zip
-from utils import get_rank, get_world_size, is_main_process, read_checkpoint, save_checkpoint
+from utils import get_world_size, is_main_process, save_checkpoint
 
 KEEP_EPOCH_CHECKPOINTS = 15
 PICTURE_MIN_HEIGHT = 240
@@ -344,8 +346,6 @@ def checkpoint_contents(model, optimizer, scheduler, scaler, config, epoch, best
 
 def link_or_copy(source, target):
     """Make `target` the same file as `source` (a hard link where possible), replacing it atomically."""
-    import os
-    import shutil
     temporary = target.with_name(f'.{target.name}.tmp')
     temporary.unlink(missing_ok=True)
     try:
@@ -539,7 +539,7 @@ def build_or_fail(build, *args, **kwargs):
     """Model and dataset builders report bad configs and dataset layouts with these; main.py prints them."""
     try:
         return build(*args, **kwargs)
-    except (FileNotFoundError, OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError) as error:  # FileNotFoundError is an OSError
         raise RunError(str(error)) from error
 
 
