@@ -33,6 +33,9 @@ class Config:
     lr_drop_gamma: float = 0.4
     clip_max_norm: float = 0.1
     enable_amp: bool = True
+    # autocast dtype with enable_amp: float16 (CUDA only, with gradient scaling, as the original) or bfloat16
+    # (CUDA or CPU, no scaling; evaluation then runs under it too)
+    amp_dtype: str = 'float16'
     seed: int = 42
     # backbone
     backbone_name: str = 'swin-t'
@@ -87,6 +90,10 @@ class Config:
     eval_pictures: int = 4
     wandb_mode: str = 'disabled'
     output_dir: str = ''
+    # speed and memory; none of these changes the results beyond float rounding
+    backbone_activation_checkpointing: bool = False  # recompute each Swin block in backward: less training memory
+    compile_model: bool = False  # torch.compile the network (first iterations are slow while it compiles)
+    cpu_keep_freed_memory: bool = True  # CPU runs: utils.keep_freed_memory_in_process
     # set from the command line
     running_mode: str = 'train'
     window_size: int = 8
@@ -100,6 +107,8 @@ class Config:
             raise ValueError(f'config key dataset_name: {self.dataset_name!r} is not one of {DATASET_NAMES}')
         if self.running_mode not in ('train', 'eval'):
             raise ValueError(f"config key running_mode: {self.running_mode!r} is not 'train' or 'eval'")
+        if self.amp_dtype not in ('float16', 'bfloat16'):
+            raise ValueError(f"config key amp_dtype: {self.amp_dtype!r} is not 'float16' or 'bfloat16'")
         if self.wandb_mode not in ('disabled', 'online', 'offline'):
             raise ValueError(f"config key wandb_mode: {self.wandb_mode!r} is not 'disabled', 'online' or 'offline'")
 

@@ -17,6 +17,7 @@ preview.png (the overlay of the middle frame), masks/<frame>.png (0/255, at the 
 ([frames, object queries] probability of "referred").
 """
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -39,7 +40,7 @@ from config import load_config
 from datasets.transforms import build_transforms
 from models import build_network, load_model_weights
 from models.postprocessing import ReferYoutubeVOSPostProcess
-from utils import nested_tensor_from_videos_list
+from utils import autocast, keep_freed_memory_in_process, nested_tensor_from_videos_list
 
 FRAME_SUFFIXES = ('.jpg', '.jpeg', '.png')
 TIME_TOLERANCE = 1e-6  # seconds; frame times are exact fractions turned into floats
@@ -215,8 +216,9 @@ class Segmenter:
     probabilities of every object query and their mask logits (in a scratch folder: they are needed once the
     object query is chosen, after the last window)."""
 
-    def __init__(self, model, transforms, queries: Sequence[str], device, scratch_dir: Path):
+    def __init__(self, model, transforms, queries: Sequence[str], device, scratch_dir: Path, amp=None):
         self.model, self.transforms, self.queries, self.device = model, transforms, list(queries), device
+        self.amp = amp or contextlib.nullcontext  # the autocast context to run the model in
         self.scratch_dir = scratch_dir
         self.postprocessor = ReferYoutubeVOSPostProcess()
         self.is_referred_logits = [[] for _ in self.queries]  # per query, per window: [T_out, N, 2]
@@ -229,7 +231,8 @@ class Segmenter:
         valid_indices = torch.arange(len(images), device=self.device)
         first = window.first_output - window.start
         for query_index, query in enumerate(self.queries):
-            outputs = self.model(samples, valid_indices, [query])
+            with self.amp():
+                outputs = self.model(samples, valid_indices, [query])
             self.is_referred_logits[query_index].append(outputs['pred_is_referred'][first:, 0].float().cpu())
             np.save(self._masks_path(query_index, len(self.window_sizes)),
                     outputs['pred_masks'][first:, 0].float().cpu().numpy())  # [T_out, N, h/4, w/4]
@@ -482,6 +485,8 @@ def build_model(config, checkpoint_path):
 
 def run(args) -> List[Path]:
     config = load_run_config(args)
+    if config.device == 'cpu' and config.cpu_keep_freed_memory:
+        keep_freed_memory_in_process()
     frames = open_input(args.video, args.start, args.end, args.fps, args.folder_fps)
     model = build_model(config, args.checkpoint_path)
     transforms = build_transforms('test', config.resize_and_crop_augmentations, False, config.train_short_size,
@@ -492,7 +497,8 @@ def run(args) -> List[Path]:
     print(f'{args.video}: {len(frames.frames)} frames of {frames.size[1]}x{frames.size[0]} in {len(windows)} '
           f'window(s) of up to {args.window_size} frames', file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix='.scratch-') as scratch_dir:
-        segmenter = Segmenter(model, transforms, args.queries, config.device, Path(scratch_dir))
+        segmenter = Segmenter(model, transforms, args.queries, config.device, Path(scratch_dir),
+                              amp=lambda: autocast(config, torch.device(config.device), training=False))
         segment(segmenter, frames, windows)
         object_queries = [args.object_query if args.object_query is not None
                           else choose_object_query(segmenter.referred_probabilities(q))

@@ -27,7 +27,7 @@ from datasets.files import SubsetWarning
 from config import save_config
 from models import build_model, load_model_weights
 from tools.make_submission_zip import write_submission_zip
-from utils import get_world_size, is_main_process, save_checkpoint
+from utils import autocast, get_world_size, is_main_process, keep_freed_memory_in_process, save_checkpoint
 
 KEEP_EPOCH_CHECKPOINTS = 15
 PICTURE_MIN_HEIGHT = 240
@@ -182,7 +182,6 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch, 
     true when a stop was requested before the last iteration."""
     model.train()
     criterion.train()
-    use_amp = config.enable_amp and device.type == 'cuda'
     progress = dict(progress or {'iteration': 0, 'loss_sums': {}, 'count': 0}, stopped=False)
     start = progress['iteration']
     bar = tqdm(loader, desc=f'epoch {epoch}', disable=not is_main_process(), dynamic_ncols=True,
@@ -191,7 +190,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch, 
         samples = batch['samples'].to(device)
         valid_indices = annotated_frames(batch['targets'])
         targets = to_device([batch['targets'][i] for i in valid_indices.tolist()], device)
-        with torch.autocast(device.type, enabled=use_amp):
+        with autocast(config, device, training=True):
             outputs = model(samples, valid_indices.to(device), batch['text_queries'])
             loss_dict = criterion(outputs, targets)
             loss = sum(loss_dict[k] * criterion.weight_dict[k] for k in loss_dict if k in criterion.weight_dict)
@@ -232,6 +231,13 @@ def reduce_mean(loss_dict):
     return dict(zip(keys, values.tolist()))
 
 
+def eval_forward(model, samples, valid_indices, text_queries, config, device):
+    """The final layer's outputs, in fp32 (the post-processing's precision) also under bfloat16 autocast."""
+    with autocast(config, device, training=False):
+        outputs = model(samples, valid_indices.to(device), text_queries)
+    return {'pred_masks': outputs['pred_masks'].float(), 'pred_is_referred': outputs['pred_is_referred'].float()}
+
+
 @torch.inference_mode()
 def evaluate(model, postprocessor, loader, dataset, device, config, epoch, run_dir):
     """Evaluate on the test split; returns the metrics dict on the main process (None elsewhere)."""
@@ -243,14 +249,12 @@ def evaluate(model, postprocessor, loader, dataset, device, config, epoch, run_d
         samples = batch['samples'].to(device)
         if config.dataset_name == 'ref_youtube_vos':
             valid_indices = torch.arange(samples.tensors.shape[0])
-            outputs = model(samples, valid_indices.to(device), batch['text_queries'])
-            outputs.pop('aux_outputs', None)
+            outputs = eval_forward(model, samples, valid_indices, batch['text_queries'], config, device)
             predictions.extend(postprocessor(outputs, batch['videos_metadata'], samples.tensors.shape[-2:]))
             continue
         valid_indices = annotated_frames(batch['targets'])
         targets = [batch['targets'][i] for i in valid_indices.tolist()]
-        outputs = model(samples, valid_indices.to(device), batch['text_queries'])
-        outputs.pop('aux_outputs', None)
+        outputs = eval_forward(model, samples, valid_indices, batch['text_queries'], config, device)
         if pictures_left > 0:
             pictures_left -= save_evaluation_pictures(run_dir / 'pictures' / f'epoch_{epoch}', samples, valid_indices,
                                                       outputs, targets, batch['text_queries'], pictures_left)
@@ -401,6 +405,8 @@ def run(config, rank, world_size, device, backend=None, resume=None):
     device = torch.device(device)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
+    elif config.cpu_keep_freed_memory:
+        keep_freed_memory_in_process()
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
@@ -437,6 +443,8 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
     model.to(device)
     criterion.to(device)
     loaded = load_weights_or_fail(model, config.checkpoint_path) if config.checkpoint_path else {}
+    if config.compile_model:
+        model.compile()  # in place: the state_dict keeps its keys
 
     test_dataset = build_or_fail(datasets.build_dataset, 'test', **config.to_dict())
     test_loader = make_loader(test_dataset, config, config.eval_batch_size,
@@ -457,7 +465,8 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_drop, gamma=config.lr_drop_gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.enable_amp and device.type == 'cuda')
+    scaler = torch.amp.GradScaler(device.type, enabled=config.enable_amp and device.type == 'cuda'
+                                  and config.amp_dtype == 'float16')
     start_epoch, resumed_progress, best = 0, None, None
     if resume:
         start_epoch, resumed_progress, best = resume_from(resume, model, optimizer, scheduler, scaler, rank,

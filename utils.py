@@ -1,4 +1,6 @@
 """Small shared helpers: padded batches, distributed state, file I/O."""
+import ctypes
+import ctypes.util
 import itertools
 import os
 import tempfile
@@ -134,3 +136,29 @@ def write_mp4(path, frames, rate, pix_fmt: str = 'yuv420p', gop: Optional[int] =
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
         container.mux(stream.encode())
     return path
+
+
+def keep_freed_memory_in_process() -> bool:
+    """On Linux with glibc, serve every allocation from the heap and keep freed memory there (no mmap per tensor).
+
+    By default glibc maps each large tensor afresh and unmaps it when freed, so every forward pass page-faults
+    its activations in again; on the CPU this costs a third or more of the network's time. Returns whether the
+    setting took (False elsewhere, e.g. with another C library, where nothing changes). Peak memory grows a
+    little, since freed blocks stay with the process for reuse.
+    """
+    name = ctypes.util.find_library('c')
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_mmap_max = -4  # glibc's malloc.h
+    return mallopt(m_mmap_max, 0) == 1
+
+
+def autocast(config, device: torch.device, training: bool):
+    """The run's autocast context. With enable_amp: float16 on CUDA (training only, as the original) or bfloat16
+    on CUDA or the CPU (training and evaluation); otherwise fp32."""
+    bfloat16 = config.amp_dtype == 'bfloat16'
+    enabled = config.enable_amp and (bfloat16 or (training and device.type == 'cuda'))
+    return torch.autocast(device.type, dtype=torch.bfloat16 if bfloat16 else torch.float16, enabled=enabled)

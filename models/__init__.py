@@ -10,7 +10,8 @@ def build_network(config) -> MTTR:
     backbone = build_backbone(config.backbone_pretrained, config.backbone_pretrained_path, config.train_backbone,
                               load_pretrained=config.running_mode == 'train', swin_embed_dim=config.swin_embed_dim,
                               swin_depths=config.swin_depths, swin_num_heads=config.swin_num_heads,
-                              swin_window_size=config.swin_window_size)
+                              swin_window_size=config.swin_window_size,
+                              activation_checkpointing=config.backbone_activation_checkpointing)
     text_encoder, tokenizer = build_text_encoder(config.text_encoder_type, config.text_encoder_pretrained)
     transformer = MultimodalTransformer(text_encoder, tokenizer, config.num_encoder_layers, config.num_decoder_layers,
                                         config.d_model, config.nheads, config.dim_feedforward, config.dropout,

@@ -1,6 +1,7 @@
 """The multimodal transformer: a DETR-style encoder over each frame's visual tokens followed by the text tokens,
 and a decoder whose object queries attend to that joint memory."""
 import copy
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,8 @@ class MultimodalTransformer(nn.Module):
 
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
+        # every window of a video, and every epoch, asks again for the same queries
+        self._tokenize = lru_cache(maxsize=4096)(self._tokenize_uncached)
         self.freeze_text_encoder = freeze_text_encoder
         if freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
@@ -158,12 +161,17 @@ class MultimodalTransformer(nn.Module):
 
     def forward_text(self, text_queries, device):
         """Returns the projected text memory [S, B, C] and its padding mask [B, S] (True on padding)."""
-        tokenized = self.tokenizer(list(text_queries), padding='longest', return_tensors='pt').to(device)
+        input_ids, attention_mask = (t.to(device) for t in self._tokenize(tuple(text_queries)))
         # A frozen encoder runs without autograd; no_grad (not inference_mode) lets txt_proj train in fp32.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_text_encoder):
-            encoded_text = self.text_encoder(input_ids=tokenized['input_ids'],
-                                             attention_mask=tokenized['attention_mask'])
+            encoded_text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
         txt_memory = rearrange(encoded_text.last_hidden_state, 'b s c -> s b c')
         txt_memory = self.txt_proj(txt_memory)
-        txt_pad_mask = tokenized['attention_mask'].ne(1)
+        txt_pad_mask = attention_mask.ne(1)
         return txt_memory, txt_pad_mask
+
+    def _tokenize_uncached(self, text_queries):
+        """`(input_ids, attention_mask)` [B, S] of a tuple of queries, padded to the longest."""
+        with torch.inference_mode(False):  # cached: must serve training as well as evaluation
+            tokenized = self.tokenizer(list(text_queries), padding='longest', return_tensors='pt')
+        return tokenized['input_ids'], tokenized['attention_mask']

@@ -6,15 +6,18 @@ clipped to a short input the relative-position bias is read from the top-left co
 """
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from utils import NestedTensor
+
+MLP_CHUNK_FRAMES = 2  # frames per chunk of the blocks' MLPs when autograd is off
 
 
 def window_partition(x, window_size):
@@ -40,9 +43,9 @@ def get_window_size(input_size, window_size, shift_size):
     return tuple(use_window), tuple(use_shift)
 
 
-@lru_cache()
-def compute_mask(depth, height, width, window_size, shift_size, device):
-    """Additive attention mask [num_windows, N, N] that keeps shifted windows from mixing distant regions."""
+def shift_regions(depth, height, width, window_size, shift_size, device):
+    """[num_windows, N]: the region of every token of every shifted window. Tokens of different regions (rolled in
+    from the far side of the video) must not attend to each other."""
     img_mask = torch.zeros((1, depth, height, width, 1), device=device)
     region = 0
     for d in (slice(-window_size[0]), slice(-window_size[0], -shift_size[0]), slice(-shift_size[0], None)):
@@ -50,9 +53,25 @@ def compute_mask(depth, height, width, window_size, shift_size, device):
             for w in (slice(-window_size[2]), slice(-window_size[2], -shift_size[2]), slice(-shift_size[2], None)):
                 img_mask[:, d, h, w, :] = region
                 region += 1
-    mask_windows = window_partition(img_mask, window_size).squeeze(-1)
-    attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)
-    return attn_mask.masked_fill(attn_mask != 0, -100.0).masked_fill(attn_mask == 0, 0.0)
+    return window_partition(img_mask, window_size).squeeze(-1)
+
+
+class ShiftMask(NamedTuple):
+    """Video Swin's additive shift mask (-100 between tokens of different regions) as its few distinct window
+    patterns: `patterns` [P, N, N] and, for each, the indices of the windows (in one video) that use it. Most
+    windows use the all-zero pattern."""
+    patterns: torch.Tensor
+    windows: List[torch.Tensor]
+
+
+@lru_cache()
+def compute_shift_mask(depth, height, width, window_size, shift_size, device) -> ShiftMask:
+    with torch.inference_mode(False):  # cached: must serve training as well as evaluation
+        regions = shift_regions(depth, height, width, window_size, shift_size, device)
+        layouts, layout_of_window = torch.unique(regions, dim=0, return_inverse=True)  # [P, N], [num_windows]
+        different = layouts.unsqueeze(1) != layouts.unsqueeze(2)  # [P, N, N]
+        patterns = torch.zeros(different.shape, device=device).masked_fill(different, -100.0)
+        return ShiftMask(patterns, [torch.nonzero(layout_of_window == p).flatten() for p in range(len(layouts))])
 
 
 class WindowAttention3D(nn.Module):
@@ -75,28 +94,38 @@ class WindowAttention3D(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x, mask=None):
-        """x: [B * num_windows, N, C]; mask: [num_windows, N, N] additive or None."""
+    def forward(self, x, mask: Optional[ShiftMask] = None):
+        """x: [B * num_windows, N, C], the windows of B videos; mask: the shift mask of one video's windows."""
+        x = rearrange(self._attend(x, mask), 'b h n d -> b n (h d)')
+        return self.proj_drop(self.proj(x))
+
+    def _attend(self, x, mask):
+        """[B * num_windows, heads, N, head_dim]; q, k and v are freed on return."""
         windows, n, c = x.shape
+        if mask is not None:
+            # bias + shift mask would be a full [windows, heads, N, N] tensor. Instead the windows are grouped by
+            # mask pattern (across videos) and each group attends with one mask broadcast over it, which the fused
+            # kernels take; the grouping is undone at the end.
+            num_windows = sum(len(w) for w in mask.windows)
+            videos = torch.arange(0, windows, num_windows, device=x.device)[:, None]
+            groups = [(videos + w).flatten() for w in mask.windows]
+            rows = torch.cat(groups)
+            x = x.index_select(0, rows)
         q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d', three=3, h=self.num_heads)
         # Video Swin reads the top-left [N, N] corner of the index table when the window is clipped.
         index = self.relative_position_index[:n, :n].reshape(-1)
         bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)  # [heads, N, N]
-        attn_mask = bias.unsqueeze(0).to(q.dtype)
+        bias = bias.unsqueeze(0).to(q.dtype)
         dropout_p = self.attn_drop if self.training else 0.0
         if mask is None:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        else:
-            num_windows = mask.shape[0]
-            attn_mask = attn_mask + mask.to(q.dtype).unsqueeze(1)  # [num_windows, heads, N, N]
-            # One 4-D call per video: the fused kernel takes 4-D inputs (5-D ones, or a mask repeated over the
-            # batch, would materialise every window's [N, N] attention matrix).
-            x = torch.cat([F.scaled_dot_product_attention(q[i:i + num_windows], k[i:i + num_windows],
-                                                          v[i:i + num_windows], attn_mask=attn_mask,
-                                                          dropout_p=dropout_p)
-                           for i in range(0, windows, num_windows)])
-        x = rearrange(x, 'b h n d -> b n (h d)')
-        return self.proj_drop(self.proj(x))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+        outputs, start = [], 0
+        for pattern, group in zip(mask.patterns, groups):
+            part = slice(start, start + len(group))
+            outputs.append(F.scaled_dot_product_attention(q[part], k[part], v[part], dropout_p=dropout_p,
+                                                          attn_mask=bias + pattern.to(q.dtype)))
+            start += len(group)
+        return torch.cat(outputs).index_select(0, torch.argsort(rows))
 
 
 class SwinTransformerBlock3D(nn.Module):
@@ -111,7 +140,7 @@ class SwinTransformerBlock3D(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def _attention(self, x, mask_matrix):
+    def _attention(self, x, shift_mask):
         b, d, h, w, c = x.shape
         window_size, shift_size = get_window_size((d, h, w), self.window_size, self.shift_size)
         x = self.norm1(x)
@@ -123,16 +152,24 @@ class SwinTransformerBlock3D(nn.Module):
         shifted = any(s > 0 for s in shift_size)
         if shifted:
             x = torch.roll(x, shifts=tuple(-s for s in shift_size), dims=(1, 2, 3))
-        windows = self.attn(window_partition(x, window_size), mask=mask_matrix if shifted else None)
-        x = window_reverse(windows, window_size, b, dp, hp, wp)
+        x = window_partition(x, window_size)  # (rebinding x lets the padded and rolled copies go)
+        x = self.attn(x, mask=shift_mask if shifted else None)
+        x = window_reverse(x, window_size, b, dp, hp, wp)
         if shifted:
             x = torch.roll(x, shifts=shift_size, dims=(1, 2, 3))
         return x[:, :d, :h, :w, :]
 
-    def forward(self, x, mask_matrix):
+    def _feed_forward(self, x):
+        if torch.is_grad_enabled():
+            return self.mlp(self.norm2(x))
+        # Without autograd the MLP's 4x wider hidden layer would be the largest tensor of the network's forward:
+        # compute it a few frames at a time.
+        return torch.cat([self.mlp(self.norm2(part)) for part in x.split(MLP_CHUNK_FRAMES, dim=1)], dim=1)
+
+    def forward(self, x, shift_mask: ShiftMask):
         """x: [B, D, H, W, C]"""
-        x = x + self.drop_path(self._attention(x, mask_matrix))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self._attention(x, shift_mask))
+        return x + self.drop_path(self._feed_forward(x))
 
 
 class PatchMerging(nn.Module):
@@ -153,9 +190,11 @@ class PatchMerging(nn.Module):
 class BasicLayer(nn.Module):
     """One Swin stage: blocks alternating regular and shifted windows (the patch merging is kept outside)."""
 
-    def __init__(self, dim, depth, num_heads, window_size, drop_path, mlp_ratio=4.0, qkv_bias=True):
+    def __init__(self, dim, depth, num_heads, window_size, drop_path, mlp_ratio=4.0, qkv_bias=True,
+                 activation_checkpointing=False):
         super().__init__()
         self.window_size = window_size
+        self.activation_checkpointing = activation_checkpointing
         self.shift_size = tuple(s // 2 for s in window_size)
         self.blocks = nn.ModuleList([
             SwinTransformerBlock3D(dim, num_heads, window_size, (0, 0, 0) if i % 2 == 0 else self.shift_size,
@@ -167,9 +206,13 @@ class BasicLayer(nn.Module):
         _, d, h, w, _ = x.shape
         window_size, shift_size = get_window_size((d, h, w), self.window_size, self.shift_size)
         dp, hp, wp = (-(-size // win) * win for size, win in zip((d, h, w), window_size))
-        attn_mask = compute_mask(dp, hp, wp, window_size, shift_size, x.device)
+        shift_mask = compute_shift_mask(dp, hp, wp, window_size, shift_size, x.device)
         for block in self.blocks:
-            x = block(x, attn_mask)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                # keeps only the block's input; the stochastic-depth draws are replayed in the recomputation
+                x = torch.utils.checkpoint.checkpoint(block, x, shift_mask, use_reentrant=False)
+            else:
+                x = block(x, shift_mask)
         return x
 
 
@@ -196,14 +239,15 @@ class VideoSwinBackbone(nn.Module):
     """
 
     def __init__(self, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=(8, 7, 7),
-                 num_stages=3, drop_path_rate=0.1, mlp_ratio=4.0, train_backbone=True):
+                 num_stages=3, drop_path_rate=0.1, mlp_ratio=4.0, train_backbone=True, activation_checkpointing=False):
         super().__init__()
         self.patch_embed = PatchEmbed3D((1, 4, 4), 3, embed_dim)
         # the stochastic-depth schedule spans all 4 stages of Swin-T, as in the pretrained model
         drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList([
             BasicLayer(embed_dim * 2 ** i, depths[i], num_heads[i], window_size,
-                       drop_path[sum(depths[:i]):sum(depths[:i + 1])], mlp_ratio)
+                       drop_path[sum(depths[:i]):sum(depths[:i + 1])], mlp_ratio,
+                       activation_checkpointing=activation_checkpointing)
             for i in range(num_stages)])
         # no merging after the last used stage
         self.downsamples = nn.ModuleList([PatchMerging(embed_dim * 2 ** i) for i in range(num_stages - 1)])
@@ -295,9 +339,10 @@ def load_kinetics_weights(backbone: VideoSwinBackbone, path):
 def build_backbone(backbone_pretrained: bool, backbone_pretrained_path: str, train_backbone: bool,
                    load_pretrained: bool, swin_embed_dim: int = 96,
                    swin_depths: Tuple[int, ...] = (2, 2, 6, 2), swin_num_heads: Tuple[int, ...] = (3, 6, 12, 24),
-                   swin_window_size: Tuple[int, ...] = (8, 7, 7)) -> VideoSwinBackbone:
+                   swin_window_size: Tuple[int, ...] = (8, 7, 7),
+                   activation_checkpointing: bool = False) -> VideoSwinBackbone:
     backbone = VideoSwinBackbone(swin_embed_dim, tuple(swin_depths), tuple(swin_num_heads), tuple(swin_window_size),
-                                 train_backbone=train_backbone)
+                                 train_backbone=train_backbone, activation_checkpointing=activation_checkpointing)
     if backbone_pretrained and load_pretrained:
         load_kinetics_weights(backbone, backbone_pretrained_path)
     return backbone

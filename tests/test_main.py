@@ -134,6 +134,24 @@ def test_two_process_evaluation_equals_one_process(trained_run, setup, tmp_path)
     assert read_json(tmp_path / 'eval' / 'metrics_epoch_0.json') == read_json(trained_run / 'metrics_epoch_0.json')
 
 
+def test_bfloat16_evaluation_is_close_to_fp32(trained_run, setup, tmp_path):
+    checkpoint = trained_run / 'checkpoints' / '0.pth.tar'
+    run_main(*eval_args(setup, tmp_path / 'eval', checkpoint, '--set', 'amp_dtype=bfloat16'))
+    bfloat16 = read_json(tmp_path / 'eval' / 'metrics_epoch_0.json')
+    fp32 = read_json(trained_run / 'metrics_epoch_0.json')
+    assert bfloat16.keys() == fp32.keys()
+    assert bfloat16['overall_iou'] == pytest.approx(fp32['overall_iou'], abs=0.02)
+
+
+def test_bfloat16_training_with_activation_checkpointing(setup, tmp_path):
+    run_dir = tmp_path / 'run'
+    run_main(*train_args(setup, run_dir, epochs=1, amp_dtype='bfloat16', backbone_activation_checkpointing='true'))
+    (line,) = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+    assert 0 < line['train_losses']['loss'] < float('inf')
+    assert load_config(run_dir / 'config.yaml', []).amp_dtype == 'bfloat16'
+    assert (run_dir / 'checkpoints' / '0.pth.tar').is_file()
+
+
 def test_torchrun_processes_join_its_process_group(trained_run, setup, tmp_path):
     _, overrides = setup
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port',

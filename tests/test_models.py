@@ -255,17 +255,85 @@ def test_training_step_on_cpu(shared_dir):
 
 
 def test_shifted_window_attention_equals_the_explicit_softmax_for_several_videos():
-    from models.swin_transformer import WindowAttention3D, compute_mask
+    """Windows attend in groups of equal shift mask; each must still get its own mask and its own video's order."""
+    from models.swin_transformer import WindowAttention3D, compute_shift_mask, shift_regions
     torch.manual_seed(0)
     attention = WindowAttention3D(dim=8, window_size=(2, 2, 2), num_heads=2).eval()
     torch.nn.init.normal_(attention.relative_position_bias_table)
-    mask = compute_mask(2, 4, 4, (2, 2, 2), (1, 1, 1), torch.device('cpu'))  # [4 windows, 8, 8]
-    videos, windows, n = 3, mask.shape[0], 8
+    size, window, shift, cpu = (2, 6, 6), (2, 2, 2), (0, 1, 1), torch.device('cpu')
+    regions = shift_regions(*size, window, shift, cpu)  # [9 windows, 8]
+    mask = regions.unsqueeze(1) - regions.unsqueeze(2)  # Video Swin's mask
+    mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+    videos, windows, n = 2, mask.shape[0], 8
     x = torch.randn(videos * windows, n, 8)
     q, k, v = attention.qkv(x).reshape(videos * windows, n, 3, 2, 4).permute(2, 0, 3, 1, 4)
     bias = attention.relative_position_bias_table[attention.relative_position_index.reshape(-1)]
     bias = bias.reshape(n, n, 2).permute(2, 0, 1)
     logits = q @ k.transpose(-1, -2) / 2 + bias + mask.repeat(videos, 1, 1)[:, None]
     expected = attention.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(videos * windows, n, 8))
-    assert torch.allclose(attention(x, mask), expected, atol=1e-5)
+    shift_mask = compute_shift_mask(*size, window, shift, cpu)
+    # inner windows, last column, last row, corner
+    assert sorted(len(w) for w in shift_mask.windows) == [1, 2, 2, 4]
+    assert torch.allclose(attention(x, shift_mask), expected, atol=1e-5)
     assert not torch.allclose(attention(x, None), expected, atol=1e-3)  # the mask matters in this case
+
+
+def small_backbone(**options):
+    from models.swin_transformer import VideoSwinBackbone
+    torch.manual_seed(5)
+    return VideoSwinBackbone(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(2, 4, 4),
+                             drop_path_rate=0.5, **options)
+
+
+def backbone_loss(backbone, video):
+    return sum(out.tensors.square().mean() for out in backbone(video))
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_keeps_fewer_activations():
+    video = NestedTensor(torch.randn(4, 2, 3, 48, 40), torch.zeros(4, 2, 48, 40, dtype=torch.bool))
+    gradients, saved = [], []
+    for checkpointing in (False, True):
+        backbone = small_backbone(activation_checkpointing=checkpointing).train()
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            torch.manual_seed(6)  # the same stochastic-depth draws (drop_path_rate 0.5) for both
+            loss = backbone_loss(backbone, video)
+        loss.backward()
+        gradients.append({name: p.grad for name, p in backbone.named_parameters()})
+        saved.append(sum(sizes))
+    plain, checkpointed = gradients
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], rtol=1e-5, atol=1e-7), name
+    assert saved[1] < saved[0] / 2
+
+
+def test_forward_without_autograd_equals_forward_with_it():
+    """Without autograd the blocks' MLPs run a few frames at a time: the same numbers."""
+    backbone = small_backbone().eval()
+    video = NestedTensor(torch.randn(5, 2, 3, 48, 40), torch.zeros(5, 2, 48, 40, dtype=torch.bool))
+    with torch.inference_mode():
+        chunked = backbone(video)
+    whole = backbone(video)
+    for ours, expected in zip(chunked, whole):
+        assert torch.allclose(ours.tensors, expected.tensors, rtol=1e-5, atol=1e-6)
+
+
+def test_repeated_queries_are_tokenized_once_and_serve_training_after_evaluation(shared_dir):
+    model = build_network(parity_config(shared_dir, num_queries=5, freeze_text_encoder=False)).eval()
+    transformer = model.transformer
+    calls = []
+    tokenizer = transformer.tokenizer
+    transformer.tokenizer = lambda texts, **kwargs: calls.append(list(texts)) or tokenizer(texts, **kwargs)
+    with torch.inference_mode():
+        first, _ = transformer.forward_text(['the dog on the left', 'a cat'], torch.device('cpu'))
+        again, _ = transformer.forward_text(['the dog on the left', 'a cat'], torch.device('cpu'))
+    assert torch.equal(first, again)
+    assert calls == [['the dog on the left', 'a cat']]
+    transformer.forward_text(['a cat'], torch.device('cpu'))
+    assert len(calls) == 2
+    # the tokens cached under inference mode feed a trainable text encoder
+    memory, _ = transformer.forward_text(['the dog on the left', 'a cat'], torch.device('cpu'))
+    (memory * torch.randn_like(memory)).sum().backward()  # (a plain sum after a LayerNorm has no gradient)
+    assert len(calls) == 2
+    assert transformer.text_encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0

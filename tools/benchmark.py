@@ -2,16 +2,21 @@
 
     python tools/benchmark.py --text-encoder ../shared/parity/roberta-base [--cases eval train_small ...]
                               [--repeats 5] [--threads 2] [--device cpu|cuda] [--json benchmark.json]
+                              [--amp] [--checkpointing] [--compile] [--return-freed-memory]
 
 Cases:
   eval         eval forward of one window, T=8, B=1, 3x320x427, centre frame annotated (A2D), inference mode
   train_small  training step (forward + loss + backward + AdamW step), T=8, B=1, 3x160x288, A2D-style target
   train        the same at 3x320x427
   ytvos        Refer-YouTube-VOS evaluation of a 36-frame 360x640 video: windows of 12 + post-processing
+  parity       not timed: the largest difference (relative to the largest value) of the outputs from the
+               original's on the golden forward cases, with the same options (`--parity-dir ../shared/parity`)
 
 Each case runs in its own process, so its peak memory (peak RSS on the CPU, peak allocated memory on CUDA) is
 its own. Times are the median of `--repeats` runs after one warm-up run. `--amp` runs under autocast (fp16 on
-CUDA, bf16 on the CPU); the parity tests hold for fp32 only.
+CUDA, bf16 on the CPU); the parity tests hold for fp32 only. `--checkpointing` and `--compile` are the
+config's backbone_activation_checkpointing and compile_model; `--return-freed-memory` turns off
+cpu_keep_freed_memory (glibc's default allocator behaviour).
 """
 import argparse
 import json
@@ -23,7 +28,26 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ('eval', 'train_small', 'train', 'ytvos')
+CASES = ('eval', 'train_small', 'train', 'ytvos', 'parity')
+
+
+def parity_errors(model, amp, parity_dir):
+    """{case: {output: max |ours - original| / max |original|}} over the golden forward cases."""
+    import torch
+    from utils import NestedTensor
+    sys.path.insert(0, str(parity_dir))
+    from weights import deterministic_state_dict
+    model.load_state_dict(deterministic_state_dict(model.state_dict()), strict=True)
+    golden = torch.load(Path(parity_dir) / 'golden.pt', weights_only=True)
+    errors = {}
+    for name, case in golden['cases'].items():
+        inputs, expected = case['inputs'], case['outputs']
+        with torch.inference_mode(), amp:
+            out = model.eval()(NestedTensor(inputs['samples'], inputs['mask']), inputs['valid_indices'],
+                               inputs['text_queries'])
+        errors[name] = {key: ((out[key].float() - expected[key]).abs().max() / expected[key].abs().max()).item()
+                        for key in ('pred_masks', 'pred_is_referred')}
+    return errors
 
 
 def run_case(case, args):
@@ -31,20 +55,31 @@ def run_case(case, args):
     sys.path.insert(0, str(REPO))
     from config import load_config
     from models import build_model
-    from utils import NestedTensor
+    from utils import NestedTensor, keep_freed_memory_in_process
 
+    if args.device == 'cpu' and not args.return_freed_memory:
+        keep_freed_memory_in_process()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
+    text_encoder = Path(args.parity_dir) / 'roberta-base' if case == 'parity' else args.text_encoder
     config = load_config(REPO / 'configs' / ('refer_youtube_vos.yaml' if case == 'ytvos' else 'a2d_sentences.yaml'),
-                         [f'text_encoder_type={args.text_encoder}', 'text_encoder_pretrained=false',
-                          'backbone_pretrained=false'], running_mode='eval', device=args.device)
+                         [f'text_encoder_type={text_encoder}', 'text_encoder_pretrained=false',
+                          'backbone_pretrained=false',
+                          f'backbone_activation_checkpointing={str(args.checkpointing).lower()}'],
+                         running_mode='eval', device=args.device)
     model, criterion, postprocessor = build_model(config)
     model.to(device)
+    if args.compile:
+        model.compile()
     criterion.to(device)
     query = ['a man in black pulling up']
     amp = torch.autocast(device.type, dtype=torch.float16 if device.type == 'cuda' else torch.bfloat16,
                          enabled=args.amp)
+
+    if case == 'parity':
+        return {'case': case, 'amp': args.amp, 'compile': args.compile,
+                'max_relative_error': parity_errors(model, amp, args.parity_dir)}
 
     def video(t, h, w):
         return NestedTensor(torch.randn(t, 1, 3, h, w, device=device),
@@ -106,20 +141,29 @@ def run_case(case, args):
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
     return {'case': case, 'device': args.device, 'amp': args.amp, 'threads': args.threads,
+            'checkpointing': args.checkpointing, 'compile': args.compile,
+            'keep_freed_memory': args.device == 'cpu' and not args.return_freed_memory,
             'median_s': statistics.median(times), 'times_s': times, 'peak_memory_gib': peak}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--text-encoder', default='roberta-base', help='hub name or local directory (config + tokenizer)')
-    parser.add_argument('--cases', nargs='+', choices=CASES, default=list(CASES))
+    parser.add_argument('--cases', nargs='+', choices=CASES, default=list(CASES[:4]))
+    parser.add_argument('--parity-dir', help="the parity data for the 'parity' case, e.g. ../shared/parity")
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--amp', action='store_true', help='autocast: fp16 on CUDA, bf16 on the CPU')
+    parser.add_argument('--checkpointing', action='store_true', help='backbone activation checkpointing')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the network (warm-up compiles)')
+    parser.add_argument('--return-freed-memory', action='store_true',
+                        help="CPU: keep glibc's default of returning freed memory to the system (as the original)")
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--one-case', choices=CASES, help=argparse.SUPPRESS)  # the child process's case
     args = parser.parse_args()
+    if 'parity' in (args.cases + [args.one_case]) and not args.parity_dir:
+        parser.error("the 'parity' case needs --parity-dir (e.g. ../shared/parity)")
 
     if args.one_case:
         print(json.dumps(run_case(args.one_case, args)))
@@ -129,12 +173,20 @@ def main():
     for case in args.cases:
         child = [sys.executable, __file__, '--one-case', case, '--text-encoder', args.text_encoder,
                  '--repeats', str(args.repeats), '--threads', str(args.threads), '--device', args.device]
-        done = subprocess.run(child + (['--amp'] if args.amp else []), capture_output=True, text=True)
+        child += ['--parity-dir', args.parity_dir] if args.parity_dir else []
+        child += [f'--{flag.replace("_", "-")}' for flag in ('amp', 'checkpointing', 'compile', 'return_freed_memory')
+                  if getattr(args, flag)]
+        done = subprocess.run(child, capture_output=True, text=True)
         if done.returncode != 0:
             print(f'{case}: failed\n{done.stderr[-2000:]}', file=sys.stderr)
             return 1
         result = json.loads(done.stdout.strip().splitlines()[-1])
         results.append(result)
+        if case == 'parity':
+            print(f'{case:<12} {args.device:<7} {str(args.amp):<5} max relative error: ' + '; '.join(
+                f'{name} ' + ', '.join(f'{key} {error:.2e}' for key, error in errors.items())
+                for name, errors in result['max_relative_error'].items()))
+            continue
         print(f'{case:<12} {args.device:<7} {str(args.amp):<5} {result["median_s"]:>9.2f} '
               f'{result["peak_memory_gib"]:>9.2f}   {", ".join(f"{t:.2f}" for t in result["times_s"])}')
     if args.json:
