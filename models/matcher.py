@@ -76,10 +76,10 @@ def dice_coefficient(inputs: Tensor, targets: Tensor, smooth: float = 1.0) -> Te
 
     inputs: [T, Q, H, W] logits; targets: [T, M, H, W] binary. Returns [Q, M].
     """
-    inputs = inputs.sigmoid().flatten(2).unsqueeze(2)  # [T, Q, 1, H*W]
-    targets = targets.flatten(2).unsqueeze(1)  # [T, 1, M, H*W]
-    numerator = 2 * (inputs * targets).sum(-1)
-    denominator = inputs.sum(-1) + targets.sum(-1)
+    inputs = inputs.sigmoid().flatten(2)  # [T, Q, H*W]
+    targets = targets.flatten(2).to(inputs.dtype)  # [T, M, H*W]
+    numerator = 2 * torch.matmul(inputs, targets.transpose(1, 2))  # [T, Q, M], no [T, Q, M, H*W] product
+    denominator = inputs.sum(-1).unsqueeze(2) + targets.sum(-1).unsqueeze(1)
     return ((numerator + smooth) / (denominator + smooth)).mean(0)
 
 

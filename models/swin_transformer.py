@@ -74,6 +74,12 @@ def compute_shift_mask(depth, height, width, window_size, shift_size, device) ->
         return ShiftMask(patterns, [torch.nonzero(layout_of_window == p).flatten() for p in range(len(layouts))])
 
 
+def attention_with_bias_gradient(q, k, v, attn_mask, dropout_p=0.0):
+    """softmax(q k^T / sqrt(d) + attn_mask) v, as `F.scaled_dot_product_attention` computes it."""
+    logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)) + attn_mask
+    return torch.matmul(F.dropout(logits.softmax(-1), dropout_p), v)
+
+
 class WindowAttention3D(nn.Module):
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
@@ -117,13 +123,17 @@ class WindowAttention3D(nn.Module):
         bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)  # [heads, N, N]
         bias = bias.unsqueeze(0).to(q.dtype)
         dropout_p = self.attn_drop if self.training else 0.0
+        # With a gradient for the bias, PyTorch's CPU backend runs its unfused attention, which also checks for
+        # fully masked rows; the plain formula (Video Swin's) is faster there.
+        attend = (attention_with_bias_gradient if q.device.type == 'cpu' and bias.requires_grad
+                  and torch.is_grad_enabled() else F.scaled_dot_product_attention)
         if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+            return attend(q, k, v, attn_mask=bias, dropout_p=dropout_p)
         outputs, start = [], 0
         for pattern, group in zip(mask.patterns, groups):
             part = slice(start, start + len(group))
-            outputs.append(F.scaled_dot_product_attention(q[part], k[part], v[part], dropout_p=dropout_p,
-                                                          attn_mask=bias + pattern.to(q.dtype)))
+            outputs.append(attend(q[part], k[part], v[part], attn_mask=bias + pattern.to(q.dtype),
+                                  dropout_p=dropout_p))
             start += len(group)
         return torch.cat(outputs).index_select(0, torch.argsort(rows))
 

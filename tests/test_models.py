@@ -337,3 +337,19 @@ def test_repeated_queries_are_tokenized_once_and_serve_training_after_evaluation
     (memory * torch.randn_like(memory)).sum().backward()  # (a plain sum after a LayerNorm has no gradient)
     assert len(calls) == 2
     assert transformer.text_encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_attention_with_bias_gradient_equals_scaled_dot_product_attention():
+    import torch.nn.functional as F
+    from models.swin_transformer import attention_with_bias_gradient
+    torch.manual_seed(7)
+    q, k, v = (torch.randn(5, 3, 16, 8, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, 3, 16, 16, requires_grad=True)
+    mask = torch.zeros(5, 1, 16, 16).masked_fill(torch.rand(5, 1, 16, 16) < 0.3, -100.0)
+    gradient = torch.randn(5, 3, 16, 8)
+    results = []
+    for attend in (attention_with_bias_gradient, F.scaled_dot_product_attention):
+        out = attend(q, k, v, attn_mask=bias + mask)
+        results.append([out, *torch.autograd.grad(out, (q, k, v, bias), gradient)])
+    for ours, expected in zip(*results):
+        assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,4 @@
 """Small shared helpers: the CPU allocator setting and the run's autocast."""
-import ctypes
-import ctypes.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,42 +11,44 @@ from utils import autocast
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A large tensor is mmapped by default (glibc's mallinfo2().hblkhd counts mmapped bytes); once freed memory is
-# kept in the process, it comes from the heap and stays there when freed.
-MMAPPED_BYTES = f'''
-import ctypes, ctypes.util, sys
+# Page faults of a forward-pass-like sequence of large tensors, run a second time. By default glibc maps each
+# large tensor afresh and unmaps it when freed (about 147,000 faults of 4 KiB here); with freed memory kept, the
+# second run reuses the first run's memory.
+REFAULTS = f'''
+import resource, sys
 sys.path.insert(0, {str(REPO)!r})
 import torch
 from utils import keep_freed_memory_in_process
-class Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks',
-                 'keepcost')]
-libc = ctypes.CDLL(ctypes.util.find_library('c'))
-libc.mallinfo2.restype = Mallinfo2
-if sys.argv[1] == 'keep':
-    assert keep_freed_memory_in_process()
-before = libc.mallinfo2().hblkhd
-tensor = torch.ones(16 * 2 ** 20)  # 64 MB
-print(libc.mallinfo2().hblkhd - before)
+if sys.argv[1] == 'keep' and not keep_freed_memory_in_process():
+    print('unsupported')
+    sys.exit()
+
+def forward():
+    x = torch.ones(4 * 2 ** 20)
+    for _ in range(4):
+        hidden = torch.ones(16 * 2 ** 20) * 2
+        x = x + hidden[:4 * 2 ** 20]
+        del hidden
+    return x
+
+forward()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+forward()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 '''
 
 
-def has_mallinfo2():
-    try:
-        return hasattr(ctypes.CDLL(ctypes.util.find_library('c')), 'mallinfo2')
-    except OSError:
-        return False
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
+def test_keeping_freed_memory_spares_the_page_faults_of_reallocating():
+    def refaults(mode):
+        done = subprocess.run([sys.executable, '-c', REFAULTS, mode], capture_output=True, text=True, check=True)
+        return done.stdout.strip()
 
-
-@pytest.mark.skipif(not has_mallinfo2(), reason='needs glibc >= 2.33 (mallinfo2)')
-def test_keeping_freed_memory_serves_large_tensors_from_the_heap():
-    def mmapped(mode):
-        done = subprocess.run([sys.executable, '-c', MMAPPED_BYTES, mode], capture_output=True, text=True, check=True)
-        return int(done.stdout)
-
-    assert mmapped('default') >= 64 * 2 ** 20
-    assert mmapped('keep') == 0
+    kept = refaults('keep')
+    if kept == 'unsupported':
+        pytest.skip('the C library is not glibc')
+    assert int(refaults('default')) >= 16000
+    assert int(kept) < 1000
 
 
 def matmul_dtype(config, training):
