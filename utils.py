@@ -1,13 +1,11 @@
 """Small shared helpers: padded batches, distributed state, file I/O."""
 import ctypes
 import ctypes.util
-import itertools
 import os
 import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-import av
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -119,23 +117,6 @@ def read_checkpoint(path):
 def save_checkpoint(checkpoint, path):
     """Save atomically: the previous file at `path` stays intact if writing fails."""
     atomic_write(path, lambda f: torch.save(checkpoint, f))
-
-
-def write_mp4(path, frames, rate, pix_fmt: str = 'yuv420p', gop: Optional[int] = None, options=None):
-    """Encode RGB frames (`[H, W, 3]` uint8, any iterable) as an H.264 mp4. `gop`: key-frame interval (None:
-    x264's default); `options`: x264 options such as `{'crf': '4'}`."""
-    frames = iter(frames)
-    first = next(frames)
-    with av.open(str(path), 'w') as container:
-        stream = container.add_stream('libx264', rate=rate, options=options or {})
-        stream.height, stream.width = first.shape[:2]
-        stream.pix_fmt = pix_fmt
-        if gop is not None:
-            stream.codec_context.gop_size = gop
-        for frame in itertools.chain([first], frames):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
-        container.mux(stream.encode())
-    return path
 
 
 def keep_freed_memory_in_process() -> bool:

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from config import Config
+from datasets.files import write_mp4
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils import write_mp4
 
 FRAME_WIDTH, FRAME_HEIGHT = 96, 64
 # resize sizes that keep the fake frames as they are

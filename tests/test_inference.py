@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import inference
-import utils
 from config import load_config
+from datasets import files
 from inference import choose_object_query, select_frames, window_layout
 from models import build_network
 from utils import save_checkpoint
@@ -65,7 +65,7 @@ def video_frames(num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH):
 
 
 def write_mp4(path, frames, fps=FPS):
-    return utils.write_mp4(path, frames, rate=fps)
+    return files.write_mp4(path, frames, rate=fps)
 
 
 def read_mp4(path):

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.a2d_sentences import A2DSentencesDataset, ClipReader  # noqa: E402
 from datasets.transforms import build_transforms  # noqa: E402
 from tests.fake_datasets import make_a2d_dataset  # noqa: E402
-from utils import write_mp4  # noqa: E402
+from datasets.files import write_mp4  # noqa: E402
 
 WIDTH, HEIGHT, NUM_FRAMES, RATE = 428, 320, 150, 30
 VIDEO_ID = 'benchvid001'
