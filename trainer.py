@@ -199,7 +199,9 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch, 
             bad = {k: v for k, v in reduced.items() if not math.isfinite(v)}
             raise RunError(f'non-finite loss at epoch {epoch} iteration {iteration}: {bad} (all losses: {reduced}); '
                            'the run stopped and its checkpoints are untouched')
-        optimizer.zero_grad(set_to_none=True)
+        # zeroed, not freed: the gradients keep their memory from step to step (as in the original, whose PyTorch
+        # zeroed them) instead of being re-allocated among the activations, which fragments the CPU heap
+        optimizer.zero_grad(set_to_none=False)
         scaler.scale(loss).backward()
         if config.clip_max_norm > 0:
             scaler.unscale_(optimizer)

@@ -74,10 +74,65 @@ def compute_shift_mask(depth, height, width, window_size, shift_size, device) ->
         return ShiftMask(patterns, [torch.nonzero(layout_of_window == p).flatten() for p in range(len(layouts))])
 
 
-def attention_with_bias_gradient(q, k, v, attn_mask, dropout_p=0.0):
-    """softmax(q k^T / sqrt(d) + attn_mask) v, as `F.scaled_dot_product_attention` computes it."""
-    logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)) + attn_mask
-    return torch.matmul(F.dropout(logits.softmax(-1), dropout_p), v)
+ATTENTION_CHUNK_BYTES = 8 * 2 ** 20  # attention probabilities recomputed at a time in the backward pass
+
+
+class _AttentionWithMaskGradient(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d) + attn_mask + constant) v with gradients for q, k, v and the additive mask; the
+    constant mask (e.g. a shift-mask pattern) gets none.
+
+    PyTorch's CPU kernels give no mask gradient, so autograd would run the unfused formula and keep its
+    [windows, heads, N, N] probabilities for the backward pass. Here the forward pass runs the fused kernel and
+    keeps only q, k, v, the output and the two masks; the backward pass recomputes the probabilities a few
+    windows at a time (small enough to stay in the CPU cache)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attn_mask, constant):
+        mask = attn_mask.detach().contiguous()
+        # (detached: with inputs that require a gradient the dispatcher would pick the unfused kernel)
+        out = F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(),
+                                             attn_mask=mask if constant is None else mask + constant)
+        ctx.save_for_backward(q, k, v, mask, constant, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, mask, constant, out = ctx.saved_tensors
+        windows, heads, n, _ = q.shape
+        scale = q.shape[-1] ** -0.5
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        grad_mask = torch.zeros_like(mask) if ctx.needs_input_grad[3] else None
+        reduce = [dim for dim in (0, 1) if mask.shape[dim] == 1]  # the mask's broadcast dimensions
+        delta = (grad_out * out).sum(-1, keepdim=True)  # rowsum(dP * P) of the softmax backward
+        chunk = max(1, ATTENTION_CHUNK_BYTES // (heads * n * n * q.element_size()))
+        for start in range(0, windows, chunk):
+            part = slice(start, start + chunk)
+            probs = torch.matmul(q[part] * scale, k[part].transpose(-2, -1))
+            probs.add_(mask if mask.shape[0] == 1 else mask[part])
+            if constant is not None:
+                probs.add_(constant if constant.dim() < 4 or constant.shape[0] == 1 else constant[part])
+            torch.softmax(probs, -1, out=probs)
+            torch.matmul(probs.transpose(-2, -1), grad_out[part], out=grad_v[part])
+            grad_logits = torch.matmul(grad_out[part], v[part].transpose(-2, -1)).sub_(delta[part]).mul_(probs)
+            torch.matmul(grad_logits, k[part], out=grad_q[part]).mul_(scale)
+            torch.matmul(grad_logits.transpose(-2, -1), q[part], out=grad_k[part]).mul_(scale)
+            if grad_mask is not None:
+                grad_logits = grad_logits.sum(reduce, keepdim=True) if reduce else grad_logits
+                if mask.shape[0] == 1:
+                    grad_mask += grad_logits
+                else:
+                    grad_mask[part] = grad_logits
+        return grad_q, grad_k, grad_v, grad_mask, None
+
+
+def attention_with_mask_gradient(q, k, v, attn_mask, constant=None, dropout_p=0.0):
+    """`F.scaled_dot_product_attention(q, k, v, attn_mask + constant)` on the CPU when the 4-D additive mask
+    `attn_mask` [windows or 1, heads or 1, N, N] needs a gradient; q, k, v: [windows, heads, N, head_dim]."""
+    if dropout_p > 0:  # (Video Swin trains without attention dropout)
+        logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)) + attn_mask
+        logits = logits if constant is None else logits + constant
+        return torch.matmul(F.dropout(logits.softmax(-1), dropout_p), v)
+    return _AttentionWithMaskGradient.apply(q, k, v, attn_mask, constant)
 
 
 class WindowAttention3D(nn.Module):
@@ -119,21 +174,25 @@ class WindowAttention3D(nn.Module):
             x = x.index_select(0, rows)
         q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d', three=3, h=self.num_heads)
         # Video Swin reads the top-left [N, N] corner of the index table when the window is clipped.
+        # (index_select: its backward, an index_add, is faster on the CPU than indexing's index_put)
         index = self.relative_position_index[:n, :n].reshape(-1)
-        bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)  # [heads, N, N]
-        bias = bias.unsqueeze(0).to(q.dtype)
+        bias = self.relative_position_bias_table.index_select(0, index).reshape(n, n, -1)
+        bias = bias.permute(2, 0, 1).unsqueeze(0).to(q.dtype).contiguous()  # [1, heads, N, N]
         dropout_p = self.attn_drop if self.training else 0.0
-        # With a gradient for the bias, PyTorch's CPU backend runs its unfused attention, which also checks for
-        # fully masked rows; the plain formula (Video Swin's) is faster there.
-        attend = (attention_with_bias_gradient if q.device.type == 'cpu' and bias.requires_grad
-                  and torch.is_grad_enabled() else F.scaled_dot_product_attention)
+        if q.device.type == 'cpu' and bias.requires_grad and torch.is_grad_enabled():
+            # PyTorch's CPU kernels give the bias no gradient (it would fall back to the unfused formula)
+            def attend(q, k, v, pattern=None):
+                return attention_with_mask_gradient(q, k, v, bias, pattern, dropout_p)
+        else:
+            def attend(q, k, v, pattern=None):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=bias if pattern is None else bias + pattern,
+                                                      dropout_p=dropout_p)
         if mask is None:
-            return attend(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+            return attend(q, k, v)
         outputs, start = [], 0
         for pattern, group in zip(mask.patterns, groups):
             part = slice(start, start + len(group))
-            outputs.append(attend(q[part], k[part], v[part], attn_mask=bias + pattern.to(q.dtype),
-                                  dropout_p=dropout_p))
+            outputs.append(attend(q[part], k[part], v[part], pattern.to(q.dtype)))
             start += len(group)
         return torch.cat(outputs).index_select(0, torch.argsort(rows))
 

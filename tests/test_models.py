@@ -339,17 +339,38 @@ def test_repeated_queries_are_tokenized_once_and_serve_training_after_evaluation
     assert transformer.text_encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
 
 
-def test_attention_with_bias_gradient_equals_scaled_dot_product_attention():
+@pytest.mark.parametrize('mask_shape', [(5, 3), (5, 1), (1, 3), (1, 1)])
+@pytest.mark.parametrize('windows_per_chunk', [2, 5])
+@pytest.mark.parametrize('shift_as_constant', [False, True])
+def test_attention_with_mask_gradient_equals_scaled_dot_product_attention(monkeypatch, mask_shape,
+                                                                          windows_per_chunk, shift_as_constant):
+    """Outputs and all 4 gradients, with the mask broadcast over windows and/or heads, a shift mask added to it
+    or passed as the constant, and the backward pass in chunks of 2 windows (the last one short) or in one."""
     import torch.nn.functional as F
-    from models.swin_transformer import attention_with_bias_gradient
+    from models import swin_transformer
+    monkeypatch.setattr(swin_transformer, 'ATTENTION_CHUNK_BYTES', windows_per_chunk * 3 * 16 * 16 * 4)
     torch.manual_seed(7)
     q, k, v = (torch.randn(5, 3, 16, 8, requires_grad=True) for _ in range(3))
-    bias = torch.randn(1, 3, 16, 16, requires_grad=True)
-    mask = torch.zeros(5, 1, 16, 16).masked_fill(torch.rand(5, 1, 16, 16) < 0.3, -100.0)
+    bias = torch.randn(*mask_shape, 16, 16, requires_grad=True)
+    shift = torch.zeros(mask_shape[0], 1, 16, 16).masked_fill(torch.rand(mask_shape[0], 1, 16, 16) < 0.3, -100.0)
     gradient = torch.randn(5, 3, 16, 8)
-    results = []
-    for attend in (attention_with_bias_gradient, F.scaled_dot_product_attention):
-        out = attend(q, k, v, attn_mask=bias + mask)
-        results.append([out, *torch.autograd.grad(out, (q, k, v, bias), gradient)])
-    for ours, expected in zip(*results):
+    if shift_as_constant:
+        ours = swin_transformer.attention_with_mask_gradient(q, k, v, bias, shift)
+    else:
+        ours = swin_transformer.attention_with_mask_gradient(q, k, v, bias + shift)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias + shift)
+    for ours, expected in zip([ours, *torch.autograd.grad(ours, (q, k, v, bias), gradient)],
+                              [expected, *torch.autograd.grad(expected, (q, k, v, bias), gradient)]):
+        assert ours.shape == expected.shape
         assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_with_mask_gradient_keeps_no_attention_probabilities():
+    from models.swin_transformer import attention_with_mask_gradient
+    q, k, v = (torch.randn(4, 2, 64, 8, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, 2, 64, 64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        attention_with_mask_gradient(q, k, v, attn_mask=bias)
+    assert (4, 2, 64, 64) not in saved
+    assert saved  # (the hook saw what the backward keeps)

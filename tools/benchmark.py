@@ -107,7 +107,7 @@ def run_case(case, args):
                 outputs = model(samples, torch.tensor([4], device=device), query)
                 losses = criterion(outputs, targets)
                 loss = sum(losses[k] * criterion.weight_dict[k] for k in losses)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=False)  # as the trainer
             loss.backward()
             optimizer.step()
     else:
