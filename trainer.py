@@ -27,7 +27,8 @@ from datasets.files import SubsetWarning
 from config import save_config
 from models import build_model, load_model_weights
 from tools.make_submission_zip import write_submission_zip
-from utils import autocast, get_world_size, is_main_process, keep_freed_memory_in_process, save_checkpoint
+from utils import (autocast, autocast_dtype, get_world_size, is_main_process, keep_freed_memory_in_process,
+                   save_checkpoint)
 
 KEEP_EPOCH_CHECKPOINTS = 15
 PICTURE_MIN_HEIGHT = 240
@@ -467,8 +468,8 @@ def _run(config, rank, world_size, device, run_dir, resume, stop):
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_drop, gamma=config.lr_drop_gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.enable_amp and device.type == 'cuda'
-                                  and config.amp_dtype == 'float16')
+    # gradient scaling for float16 autocast only
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(config, device, training=True) == torch.float16)
     start_epoch, resumed_progress, best = 0, None, None
     if resume:
         start_epoch, resumed_progress, best = resume_from(resume, model, optimizer, scheduler, scaler, rank,

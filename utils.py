@@ -138,9 +138,17 @@ def keep_freed_memory_in_process() -> bool:
     return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 2 ** 31 - 1) == 1
 
 
+def autocast_dtype(config, device: torch.device, training: bool) -> Optional[torch.dtype]:
+    """The run's autocast dtype, None for fp32. With enable_amp: float16 on CUDA (training only, as the original)
+    or bfloat16 on CUDA or the CPU (training and evaluation)."""
+    if not config.enable_amp:
+        return None
+    if config.amp_dtype == 'bfloat16':
+        return torch.bfloat16
+    return torch.float16 if training and device.type == 'cuda' else None
+
+
 def autocast(config, device: torch.device, training: bool):
-    """The run's autocast context. With enable_amp: float16 on CUDA (training only, as the original) or bfloat16
-    on CUDA or the CPU (training and evaluation); otherwise fp32."""
-    bfloat16 = config.amp_dtype == 'bfloat16'
-    enabled = config.enable_amp and (bfloat16 or (training and device.type == 'cuda'))
-    return torch.autocast(device.type, dtype=torch.bfloat16 if bfloat16 else torch.float16, enabled=enabled)
+    """The run's autocast context (see autocast_dtype)."""
+    dtype = autocast_dtype(config, device, training)
+    return torch.autocast(device.type, dtype=dtype or torch.float16, enabled=dtype is not None)

@@ -77,6 +77,11 @@ def compute_shift_mask(depth, height, width, window_size, shift_size, device) ->
 ATTENTION_CHUNK_BYTES = 8 * 2 ** 20  # attention probabilities recomputed at a time in the backward pass
 
 
+def _windows(mask, part):
+    """The rows of an additive mask for the windows `part`; a mask of one row serves all of them."""
+    return mask if mask.dim() < 4 or mask.shape[0] == 1 else mask[part]
+
+
 class _AttentionWithMaskGradient(torch.autograd.Function):
     """softmax(q k^T / sqrt(d) + attn_mask + constant) v with gradients for q, k, v and the additive mask; the
     constant mask (e.g. a shift-mask pattern) gets none.
@@ -108,9 +113,9 @@ class _AttentionWithMaskGradient(torch.autograd.Function):
         for start in range(0, windows, chunk):
             part = slice(start, start + chunk)
             probs = torch.matmul(q[part] * scale, k[part].transpose(-2, -1))
-            probs.add_(mask if mask.shape[0] == 1 else mask[part])
+            probs.add_(_windows(mask, part))
             if constant is not None:
-                probs.add_(constant if constant.dim() < 4 or constant.shape[0] == 1 else constant[part])
+                probs.add_(_windows(constant, part))
             torch.softmax(probs, -1, out=probs)
             torch.matmul(probs.transpose(-2, -1), grad_out[part], out=grad_v[part])
             grad_logits = torch.matmul(grad_out[part], v[part].transpose(-2, -1)).sub_(delta[part]).mul_(probs)
@@ -125,13 +130,9 @@ class _AttentionWithMaskGradient(torch.autograd.Function):
         return grad_q, grad_k, grad_v, grad_mask, None
 
 
-def attention_with_mask_gradient(q, k, v, attn_mask, constant=None, dropout_p=0.0):
+def attention_with_mask_gradient(q, k, v, attn_mask, constant=None):
     """`F.scaled_dot_product_attention(q, k, v, attn_mask + constant)` on the CPU when the 4-D additive mask
     `attn_mask` [windows or 1, heads or 1, N, N] needs a gradient; q, k, v: [windows, heads, N, head_dim]."""
-    if dropout_p > 0:  # (Video Swin trains without attention dropout)
-        logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)) + attn_mask
-        logits = logits if constant is None else logits + constant
-        return torch.matmul(F.dropout(logits.softmax(-1), dropout_p), v)
     return _AttentionWithMaskGradient.apply(q, k, v, attn_mask, constant)
 
 
@@ -179,10 +180,10 @@ class WindowAttention3D(nn.Module):
         bias = self.relative_position_bias_table.index_select(0, index).reshape(n, n, -1)
         bias = bias.permute(2, 0, 1).unsqueeze(0).to(q.dtype).contiguous()  # [1, heads, N, N]
         dropout_p = self.attn_drop if self.training else 0.0
-        if q.device.type == 'cpu' and bias.requires_grad and torch.is_grad_enabled():
+        if q.device.type == 'cpu' and bias.requires_grad and torch.is_grad_enabled() and dropout_p == 0:
             # PyTorch's CPU kernels give the bias no gradient (it would fall back to the unfused formula)
             def attend(q, k, v, pattern=None):
-                return attention_with_mask_gradient(q, k, v, bias, pattern, dropout_p)
+                return attention_with_mask_gradient(q, k, v, bias, pattern)
         else:
             def attend(q, k, v, pattern=None):
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=bias if pattern is None else bias + pattern,
