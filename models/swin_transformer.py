@@ -15,9 +15,10 @@ from einops import rearrange
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
+from models.attention import window_attention
 from utils import NestedTensor
 
-MLP_CHUNK_FRAMES = 2  # frames per chunk of the blocks' MLPs when autograd is off
+MLP_CHUNK_FRAMES = 2  # frames per chunk of the blocks' MLPs on the CPU when autograd is off
 
 
 def window_partition(x, window_size):
@@ -74,68 +75,6 @@ def compute_shift_mask(depth, height, width, window_size, shift_size, device) ->
         return ShiftMask(patterns, [torch.nonzero(layout_of_window == p).flatten() for p in range(len(layouts))])
 
 
-ATTENTION_CHUNK_BYTES = 8 * 2 ** 20  # attention probabilities recomputed at a time in the backward pass
-
-
-def _windows(mask, part):
-    """The rows of an additive mask for the windows `part`; a mask of one row serves all of them."""
-    return mask if mask.dim() < 4 or mask.shape[0] == 1 else mask[part]
-
-
-class _AttentionWithMaskGradient(torch.autograd.Function):
-    """softmax(q k^T / sqrt(d) + attn_mask + constant) v with gradients for q, k, v and the additive mask; the
-    constant mask (e.g. a shift-mask pattern) gets none.
-
-    PyTorch's CPU kernels give no mask gradient, so autograd would run the unfused formula and keep its
-    [windows, heads, N, N] probabilities for the backward pass. Here the forward pass runs the fused kernel and
-    keeps only q, k, v, the output and the two masks; the backward pass recomputes the probabilities a few
-    windows at a time (small enough to stay in the CPU cache)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, attn_mask, constant):
-        mask = attn_mask.detach().contiguous()
-        # (detached: with inputs that require a gradient the dispatcher would pick the unfused kernel)
-        out = F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(),
-                                             attn_mask=mask if constant is None else mask + constant)
-        ctx.save_for_backward(q, k, v, mask, constant, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, mask, constant, out = ctx.saved_tensors
-        windows, heads, n, _ = q.shape
-        scale = q.shape[-1] ** -0.5
-        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        grad_mask = torch.zeros_like(mask) if ctx.needs_input_grad[3] else None
-        reduce = [dim for dim in (0, 1) if mask.shape[dim] == 1]  # the mask's broadcast dimensions
-        delta = (grad_out * out).sum(-1, keepdim=True)  # rowsum(dP * P) of the softmax backward
-        chunk = max(1, ATTENTION_CHUNK_BYTES // (heads * n * n * q.element_size()))
-        for start in range(0, windows, chunk):
-            part = slice(start, start + chunk)
-            probs = torch.matmul(q[part] * scale, k[part].transpose(-2, -1))
-            probs.add_(_windows(mask, part))
-            if constant is not None:
-                probs.add_(_windows(constant, part))
-            torch.softmax(probs, -1, out=probs)
-            torch.matmul(probs.transpose(-2, -1), grad_out[part], out=grad_v[part])
-            grad_logits = torch.matmul(grad_out[part], v[part].transpose(-2, -1)).sub_(delta[part]).mul_(probs)
-            torch.matmul(grad_logits, k[part], out=grad_q[part]).mul_(scale)
-            torch.matmul(grad_logits.transpose(-2, -1), q[part], out=grad_k[part]).mul_(scale)
-            if grad_mask is not None:
-                grad_logits = grad_logits.sum(reduce, keepdim=True) if reduce else grad_logits
-                if mask.shape[0] == 1:
-                    grad_mask += grad_logits
-                else:
-                    grad_mask[part] = grad_logits
-        return grad_q, grad_k, grad_v, grad_mask, None
-
-
-def attention_with_mask_gradient(q, k, v, attn_mask, constant=None):
-    """`F.scaled_dot_product_attention(q, k, v, attn_mask + constant)` on the CPU when the 4-D additive mask
-    `attn_mask` [windows or 1, heads or 1, N, N] needs a gradient; q, k, v: [windows, heads, N, head_dim]."""
-    return _AttentionWithMaskGradient.apply(q, k, v, attn_mask, constant)
-
-
 class WindowAttention3D(nn.Module):
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
@@ -180,20 +119,12 @@ class WindowAttention3D(nn.Module):
         bias = self.relative_position_bias_table.index_select(0, index).reshape(n, n, -1)
         bias = bias.permute(2, 0, 1).unsqueeze(0).to(q.dtype).contiguous()  # [1, heads, N, N]
         dropout_p = self.attn_drop if self.training else 0.0
-        if q.device.type == 'cpu' and bias.requires_grad and torch.is_grad_enabled() and dropout_p == 0:
-            # PyTorch's CPU kernels give the bias no gradient (it would fall back to the unfused formula)
-            def attend(q, k, v, pattern=None):
-                return attention_with_mask_gradient(q, k, v, bias, pattern)
-        else:
-            def attend(q, k, v, pattern=None):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=bias if pattern is None else bias + pattern,
-                                                      dropout_p=dropout_p)
         if mask is None:
-            return attend(q, k, v)
+            return window_attention(q, k, v, bias, dropout_p=dropout_p)
         outputs, start = [], 0
         for pattern, group in zip(mask.patterns, groups):
             part = slice(start, start + len(group))
-            outputs.append(attend(q[part], k[part], v[part], pattern.to(q.dtype)))
+            outputs.append(window_attention(q[part], k[part], v[part], bias, pattern.to(q.dtype), dropout_p))
             start += len(group)
         return torch.cat(outputs).index_select(0, torch.argsort(rows))
 
@@ -230,10 +161,11 @@ class SwinTransformerBlock3D(nn.Module):
         return x[:, :d, :h, :w, :]
 
     def _feed_forward(self, x):
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or x.device.type != 'cpu':
             return self.mlp(self.norm2(x))
         # Without autograd the MLP's 4x wider hidden layer would be the largest tensor of the network's forward:
-        # compute it a few frames at a time.
+        # on the CPU it is computed a few frames at a time (eval peak 2.04 -> 1.81 GiB at the same speed on this
+        # project's test machine; not measured on GPUs, so not done there).
         return torch.cat([self.mlp(self.norm2(part)) for part in x.split(MLP_CHUNK_FRAMES, dim=1)], dim=1)
 
     def forward(self, x, shift_mask: ShiftMask):
