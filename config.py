@@ -7,18 +7,30 @@ Config files keep the original MTTR format, one entry per key:
       value: 0.0001
 
 Every key is declared in `Config` below with its type and default (the paper's value), so a file with an
-unknown key or a value of the wrong type is rejected with the key's name when it is loaded.
+unknown key or a value of the wrong type is rejected with the key's name when it is loaded, and values that
+cannot work (a batch size of 0, heads that do not divide the width, ...) are rejected there too.
+
+Code written against the original repository passes an `argparse.Namespace` of the original YAML keys (plus
+its command-line arguments) to `build_model(args)` and `build_dataset(image_set, **vars(args))`; `as_config`
+turns such a namespace or dict into a `Config`, filling the keys the original did not have with their defaults.
 """
+import argparse
 import dataclasses
 import io
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from ruamel.yaml import YAML
 
-DATASET_NAMES = ('a2d_sentences', 'jhmdb_sentences', 'ref_youtube_vos')
+BACKBONE_NAMES = ('swin-t',)
+# Keys renamed since the original; files and code using the old name keep working.
+RENAMED_KEYS = {'resize_and_crop_augmentations': 'resize_frames'}
+# What the original's main.py and Trainer add to its config namespace besides the YAML keys: accepted (and
+# ignored, where this project gets them elsewhere) by `as_config`.
+ORIGINAL_RUNTIME_KEYS = frozenset({'config_path', 'num_gpus', 'gpu_ids', 'cpu', 'num_devices', 'device_ids',
+                                   'distributed', 'rank', 'world_size'})
 
 
 @dataclass
@@ -39,6 +51,8 @@ class Config:
     seed: int = 42
     # backbone
     backbone_name: str = 'swin-t'
+    # read the Kinetics-400 weights into the backbone when the network is built (evaluation, inference and the
+    # hub entry points set it to false: the checkpoint holds the weights)
     backbone_pretrained: bool = True
     backbone_pretrained_path: str = 'pretrained_swin_transformer/swin_tiny_patch244_window877_kinetics400_1k.pth'
     train_backbone: bool = True
@@ -59,6 +73,7 @@ class Config:
     aux_loss: bool = True
     # text encoder: a Hugging Face hub name or a local model directory
     text_encoder_type: str = 'roberta-base'
+    # read the pretrained RoBERTa weights (false: only its config and tokenizer, e.g. when a checkpoint holds them)
     text_encoder_pretrained: bool = True
     freeze_text_encoder: bool = True
     # matching and loss
@@ -73,7 +88,9 @@ class Config:
     # datasets/synthetic.py: generated on first use (in the A2D-Sentences layout) when dataset_path is empty
     synthetic_dataset: bool = False
     dataset_path: str = './a2d_sentences'
-    resize_and_crop_augmentations: bool = True
+    # resize frames to the train/eval short and max sizes below (false: feed them at their own size);
+    # the original's name for it, resize_and_crop_augmentations, is still read
+    resize_frames: bool = True
     horizontal_flip_augmentations: bool = True
     train_short_size: int = 320
     train_max_size: int = 576
@@ -87,13 +104,15 @@ class Config:
     valid_video_ids_path: Optional[str] = None
     # evaluation and logging
     calculate_precision_and_iou_metrics: bool = True
+    # evaluation encodes each video once for all its queries, and decodes this many queries at a time
+    query_batch: int = 4
     eval_pictures: int = 4
     wandb_mode: str = 'disabled'
     output_dir: str = ''
     # speed and memory; none of these changes the results beyond float rounding
     backbone_activation_checkpointing: bool = False  # recompute each Swin block in backward: less training memory
     compile_model: bool = False  # torch.compile the network (first iterations are slow while it compiles)
-    cpu_keep_freed_memory: bool = True  # CPU runs: utils.keep_freed_memory_in_process
+    cpu_keep_freed_memory: bool = True  # CPU runs: utils.keep_freed_memory_in_process (set by main.py)
     # set from the command line
     running_mode: str = 'train'
     window_size: int = 8
@@ -103,14 +122,34 @@ class Config:
     device: str = 'cuda'
 
     def __post_init__(self):
-        if self.dataset_name not in DATASET_NAMES:
-            raise ValueError(f'config key dataset_name: {self.dataset_name!r} is not one of {DATASET_NAMES}')
-        if self.running_mode not in ('train', 'eval'):
-            raise ValueError(f"config key running_mode: {self.running_mode!r} is not 'train' or 'eval'")
-        if self.amp_dtype not in ('float16', 'bfloat16'):
-            raise ValueError(f"config key amp_dtype: {self.amp_dtype!r} is not 'float16' or 'bfloat16'")
-        if self.wandb_mode not in ('disabled', 'online', 'offline'):
-            raise ValueError(f"config key wandb_mode: {self.wandb_mode!r} is not 'disabled', 'online' or 'offline'")
+        from datasets import dataset_names  # the registry: datasets registered by the code, not a fixed list
+        choices = {'dataset_name': (self.dataset_name, dataset_names()),
+                   'running_mode': (self.running_mode, ('train', 'eval')),
+                   'amp_dtype': (self.amp_dtype, ('float16', 'bfloat16')),
+                   'wandb_mode': (self.wandb_mode, ('disabled', 'online', 'offline')),
+                   'backbone_name': (self.backbone_name, BACKBONE_NAMES)}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f'config key {key}: {value!r} is not one of {", ".join(map(repr, allowed))}')
+        for key in ('window_size', 'batch_size', 'eval_batch_size', 'num_queries', 'd_model', 'nheads',
+                    'dim_feedforward', 'mask_kernels_dim', 'swin_embed_dim', 'train_short_size', 'train_max_size',
+                    'eval_short_size', 'eval_max_size', 'query_batch'):
+            if getattr(self, key) < 1:
+                raise ValueError(f'config key {key}: must be at least 1, got {getattr(self, key)}')
+        for key in ('epochs', 'num_workers', 'num_encoder_layers', 'num_decoder_layers', 'eval_pictures'):
+            if getattr(self, key) < 0:
+                raise ValueError(f'config key {key}: must be 0 or more, got {getattr(self, key)}')
+        if self.d_model % self.nheads:
+            raise ValueError(f'config keys d_model and nheads: d_model ({self.d_model}) must be divisible by '
+                             f'nheads ({self.nheads})')
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f'config key dropout: must be in [0, 1), got {self.dropout}')
+        if len(self.swin_depths) != len(self.swin_num_heads) or len(self.swin_depths) < 3:
+            raise ValueError(f'config keys swin_depths and swin_num_heads: one value per Swin stage (at least 3, '
+                             f'the first 3 are used), got {self.swin_depths} and {self.swin_num_heads}')
+        if len(self.swin_window_size) != 3 or min(self.swin_window_size) < 1:
+            raise ValueError(f'config key swin_window_size: expected 3 positive sizes (frames, height, width), '
+                             f'got {self.swin_window_size}')
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -144,10 +183,24 @@ def _coerce(key, value, expected):
     return value
 
 
+def _is_optional(key):
+    return type(None) in typing.get_args(_FIELD_TYPES[key])
+
+
+def _current_name(key):
+    return RENAMED_KEYS.get(key, key)
+
+
 def _check_known(keys, source):
-    unknown = sorted(set(keys) - set(_FIELD_TYPES))
+    unknown = sorted(set(map(_current_name, keys)) - set(_FIELD_TYPES))
     if unknown:
         raise KeyError(f'{source}: unknown config key(s) {", ".join(unknown)}; known keys are listed in config.py')
+
+
+def _checked(key, value):
+    """`(current name of key, value checked against its type)`."""
+    key = _current_name(key)
+    return key, _coerce(key, value, _FIELD_TYPES[key])
 
 
 def read_config_file(path):
@@ -163,7 +216,8 @@ def read_config_file(path):
     for key, entry in raw.items():
         if not isinstance(entry, dict) or 'value' not in entry:
             raise ValueError(f"{path}: config key {key} must be a mapping with 'desc' and 'value', got {entry!r}")
-        values[key] = _coerce(key, entry['value'], _FIELD_TYPES[key])
+        name, value = _checked(key, entry['value'])
+        values[name] = value
     return values
 
 
@@ -172,23 +226,37 @@ def parse_override(text):
     if '=' not in text:
         raise ValueError(f'--set expects KEY=VALUE, got {text!r}')
     key, raw_value = text.split('=', 1)
-    key = key.strip()
+    key = _current_name(key.strip())
     _check_known([key], '--set')
     value = YAML(typ='safe').load(io.StringIO(raw_value)) if raw_value.strip() else ''
     if _FIELD_TYPES[key] in (str, Optional[str]) and value is not None and not isinstance(value, str):
         value = raw_value.strip()  # e.g. --set text_encoder_type=123 stays a string
-    return key, _coerce(key, value, _FIELD_TYPES[key])
+    return _checked(key, value)
 
 
 def load_config(path=None, overrides=None, **flags):
     """Build a Config: defaults < YAML file < flags (keyword arguments) < overrides (list of 'KEY=VALUE')."""
     values = read_config_file(path) if path is not None else {}
     _check_known(flags, 'flags')
-    values.update({k: _coerce(k, v, _FIELD_TYPES[k]) for k, v in flags.items() if v is not None})
+    values.update(_checked(k, v) for k, v in flags.items() if v is not None)
     for text in overrides or []:
         key, value = parse_override(text)
         values[key] = value
     return Config(**values)
+
+
+def as_config(args: Union[Config, argparse.Namespace, dict]) -> Config:
+    """A `Config` from a Config, or from the original's config namespace (or a dict) of YAML keys and
+    command-line arguments: renamed keys are read under their old name, missing keys take their defaults,
+    the original's run-time keys (`ORIGINAL_RUNTIME_KEYS`) are ignored, and anything else unknown is an error."""
+    if isinstance(args, Config):
+        return args
+    values = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    # (the original's argparse leaves flags that were not given at None: they take their defaults here too)
+    values = {k: v for k, v in values.items() if k not in ORIGINAL_RUNTIME_KEYS
+              and not (v is None and _current_name(k) in _FIELD_TYPES and not _is_optional(_current_name(k)))}
+    _check_known(values, 'config')
+    return Config(**dict(_checked(k, v) for k, v in values.items()))
 
 
 def save_config(config, path):

@@ -61,16 +61,14 @@ def _read_weights(name: str, checkpoint: _CheckpointSource, download: bool):
 def _build(name: str, config_file: str, window_size: int, checkpoint: _CheckpointSource, download: bool,
            text_encoder_type: str, device, config_overrides: typing.Sequence[str]):
     from config import load_config
-    from models import build_model, load_model_weights
+    from models import build_trained_network, postprocessing
 
     config = load_config(REPO_DIR / 'configs' / config_file,
                          [f'text_encoder_type={text_encoder_type}', *config_overrides],
                          running_mode='eval', window_size=window_size, text_encoder_pretrained=False,
-                         device=str(device))
+                         backbone_pretrained=False, device=str(device))
     weights = _read_weights(name, checkpoint, download)
-    model, _, postprocessor = build_model(config)
-    load_model_weights(model, weights)
-    return model.to(device).eval(), postprocessor
+    return build_trained_network(config, weights), postprocessing.build(config)
 
 
 def mttr_refer_youtube_vos(checkpoint: _CheckpointSource = None, download: bool = False,

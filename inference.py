@@ -19,190 +19,27 @@ preview.png (the overlay of the middle frame), masks/<frame>.png (0/255, at the 
 import argparse
 import contextlib
 import json
-import math
 import re
 import sys
 import tempfile
 from collections import deque
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Sequence
 
-import av
-import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from config import load_config
-from datasets.transforms import build_transforms
-from models import build_network, load_model_weights
+from datasets.transforms import transforms_from_config
+from datasets.video import OVERLAY_COLOURS, Mp4Writer, Window, draw_overlay, open_input, window_layout
+from models import build_trained_network
 from models.postprocessing import ReferYoutubeVOSPostProcess
-from utils import autocast, keep_freed_memory_in_process, nested_tensor_from_videos_list
-
-FRAME_SUFFIXES = ('.jpg', '.jpeg', '.png')
-TIME_TOLERANCE = 1e-6  # seconds; frame times are exact fractions turned into floats
-OVERLAY_ALPHA = 0.5
-OVERLAY_COLOURS = [(255, 64, 64), (64, 160, 255), (64, 220, 96), (255, 200, 0), (200, 64, 255), (0, 220, 220)]
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for: reported in one line, without a stack trace."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading the input
-
-
-@dataclass
-class Frame:
-    source_index: int  # position in the video file or in the sorted folder
-    time: float  # seconds from the first frame
-    name: str  # stem of the mask PNG
-
-
-def select_frames(times: Sequence[float], start: float = 0.0, end: Optional[float] = None,
-                  fps: Optional[float] = None) -> List[int]:
-    """Positions of the frames with `start <= time < end`; with `fps`, only the first frame at or after each tick
-    `start + k / fps` (a video at a lower rate than `fps` keeps all its frames)."""
-    selected, next_tick = [], start
-    for i, t in enumerate(times):
-        if t < start - TIME_TOLERANCE or (end is not None and t >= end - TIME_TOLERANCE):
-            continue
-        if fps is not None:
-            if t < next_tick - TIME_TOLERANCE:
-                continue
-            next_tick = start + (math.floor((t - start) * fps + TIME_TOLERANCE) + 1) / fps
-        selected.append(i)
-    return selected
-
-
-class VideoFileFrames:
-    """The selected frames of a video file. Decoded anew on each pass, so the video never sits in memory whole."""
-
-    def __init__(self, path: Path, start: float, end: Optional[float], fps: Optional[float]):
-        self.path = path
-        times = []
-        with self._open() as container:
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            for index, frame in enumerate(self._decode(container)):
-                times.append(frame.time if frame.time is not None else index / float(rate or 25))
-            self.size = (stream.codec_context.height, stream.codec_context.width)  # (H0, W0)
-        if not times:
-            raise UsageError(f'{path} holds no decodable video frames')
-        times = [t - times[0] for t in times]  # seconds from the first frame
-        source_rate = float(rate) if rate else 25.0
-        self.frame_rate = min(fps, source_rate) if fps else source_rate
-        self.frames = [Frame(i, times[i], f'{i:06d}') for i in select_frames(times, start, end, fps)]
-        self.source_description = f'{len(times)} frames spanning {times[0]:.2f}-{times[-1]:.2f} s'
-
-    def _open(self):
-        try:
-            container = av.open(str(self.path))
-        except (av.error.FFmpegError, OSError) as error:
-            raise UsageError(f'cannot read the video {self.path} ({error}); expected a video file PyAV can decode '
-                             '(mp4, avi, webm, ...) or a folder of jpg/png frames') from error
-        if not container.streams.video:
-            container.close()
-            raise UsageError(f'{self.path} has no video stream; expected a video file (mp4, avi, webm, ...) or a '
-                             'folder of jpg/png frames')
-        return container
-
-    def _decode(self, container):
-        stream = container.streams.video[0]
-        stream.thread_type = 'AUTO'
-        try:
-            yield from container.decode(stream)
-        except av.error.FFmpegError as error:
-            raise UsageError(f'cannot decode the video {self.path}: {error}') from error
-
-    def __iter__(self) -> Iterator[Tuple[Frame, Image.Image]]:
-        wanted = iter(self.frames)
-        frame_info = next(wanted)
-        with self._open() as container:
-            for index, frame in enumerate(self._decode(container)):
-                if index == frame_info.source_index:
-                    yield frame_info, frame.to_image()
-                    frame_info = next(wanted, None)
-                    if frame_info is None:
-                        return
-
-
-class FolderFrames:
-    """The selected frames of a folder of jpg/png images sorted by name, shown at `folder_fps` frames a second."""
-
-    def __init__(self, path: Path, start: float, end: Optional[float], fps: Optional[float], folder_fps: float):
-        self.path = path
-        self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file())
-        if not self.files:
-            raise UsageError(f'no frames in the folder {path}: expected jpg or png images')
-        times = [i / folder_fps for i in range(len(self.files))]
-        self.frame_rate = min(fps, folder_fps) if fps else folder_fps
-        self.frames = [Frame(i, times[i], self.files[i].stem) for i in select_frames(times, start, end, fps)]
-        self.source_description = (f'{len(times)} frames spanning {times[0]:.2f}-{times[-1]:.2f} s '
-                                   f'at --folder-fps {folder_fps:g}')
-        self.size = None
-        for frame in self.frames:  # reads only the image headers
-            width, height = self._open(frame.source_index, load=False).size
-            if self.size not in (None, (height, width)):
-                raise UsageError(f'{self.files[frame.source_index]} is {width}x{height} but '
-                                 f'{self.files[self.frames[0].source_index]} is {self.size[1]}x{self.size[0]}: '
-                                 'all frames of a folder must have the same size')
-            self.size = (height, width)  # (H0, W0)
-
-    def _open(self, index: int, load: bool = True) -> Image.Image:
-        """The frame as RGB, or only its header when `load` is false."""
-        try:
-            with Image.open(self.files[index]) as image:
-                return image.convert('RGB') if load else image
-        except (OSError, UnidentifiedImageError) as error:
-            raise UsageError(f'cannot read the frame {self.files[index]}: {error}') from error
-
-    def __iter__(self) -> Iterator[Tuple[Frame, Image.Image]]:
-        for frame in self.frames:
-            yield frame, self._open(frame.source_index)
-
-
-def open_input(path: str, start: float, end: Optional[float], fps: Optional[float], folder_fps: float):
-    source = Path(path)
-    if source.is_dir():
-        frames = FolderFrames(source, start, end, fps, folder_fps)
-    elif source.is_file():
-        frames = VideoFileFrames(source, start, end, fps)
-    else:
-        raise UsageError(f'--video {path}: no such file or folder')
-    if not frames.frames:
-        wanted = f'between {start:g} s and {end:g} s' if end is not None else f'from {start:g} s on'
-        raise UsageError(f'no frames {wanted} in {path} (it has {frames.source_description})')
-    return frames
-
+from utils import UsageError, autocast, error_message, keep_freed_memory_in_process, nested_tensor_from_videos_list
 
 # ---------------------------------------------------------------------------------------------------------------
 # Windows and the choice of the object query
-
-
-@dataclass
-class Window:
-    start: int  # the window's frames are [start, end) of the selected frames
-    end: int
-    first_output: int  # frames [first_output, end) take their results from this window
-
-    def to_dict(self):
-        return {'frames': [self.start, self.end], 'output_frames': [self.first_output, self.end]}
-
-
-def window_layout(num_frames: int, window_size: int) -> List[Window]:
-    """Consecutive windows of `window_size` frames. The last window is taken from the end of the video when fewer
-    frames remain (frames it shares with the window before keep that window's results); a video shorter than one
-    window is a single shorter window."""
-    windows = [Window(s, min(s + window_size, num_frames), s) for s in range(0, num_frames, window_size)]
-    last = windows[-1]
-    if last.end - last.start < window_size and num_frames >= window_size:
-        windows[-1] = Window(num_frames - window_size, num_frames, last.first_output)
-    return windows
 
 
 def choose_object_query(referred_probabilities: np.ndarray) -> int:
@@ -285,53 +122,6 @@ def query_folder_name(index: int, query: str) -> str:
     return f'{index:02d}_{slug or "query"}'
 
 
-class OverlayVideoWriter:
-    """An H.264 mp4 at the input's size (yuv420p; yuv444p when a side is odd, which 4:2:0 cannot hold)."""
-
-    def __init__(self, path: Path, frame_rate: float, size):
-        height, width = size
-        self.container = av.open(str(path), 'w')
-        codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
-        self.stream = self.container.add_stream(codec, rate=Fraction(frame_rate).limit_denominator(10000))
-        self.stream.width, self.stream.height = width, height
-        self.stream.pix_fmt = 'yuv420p' if height % 2 == 0 and width % 2 == 0 else 'yuv444p'
-
-    def write(self, rgb: np.ndarray):
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format='rgb24')):
-            self.container.mux(packet)
-
-    def close(self):
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-
-
-def draw_overlay(image: Image.Image, mask: np.ndarray, caption: str, colour) -> np.ndarray:
-    """The frame with the mask blended in `colour`, its outline, and the caption on a dark band at the top."""
-    rgb = np.array(image.convert('RGB'))
-    on = mask.astype(bool)
-    rgb[on] = (rgb[on] * (1 - OVERLAY_ALPHA) + np.array(colour) * OVERLAY_ALPHA).astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(rgb, contours, -1, colour, thickness=max(1, rgb.shape[0] // 240))
-    scale = max(0.35, rgb.shape[0] / 720)
-    thickness = max(1, round(scale * 1.5))
-    lines, line = [], ''
-    for word in caption.split():  # wrap the caption to the frame's width
-        candidate = f'{line} {word}'.strip()
-        if line and cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] > rgb.shape[1] - 10:
-            lines.append(line)
-            candidate = word
-        line = candidate
-    lines.append(line)
-    line_height = cv2.getTextSize('Ag', cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][1] * 2
-    band = rgb[:line_height * len(lines) + line_height // 3]
-    band[:] = (band * 0.4).astype(np.uint8)
-    for i, text in enumerate(lines):
-        cv2.putText(rgb, text, (5, line_height * (i + 1) - line_height // 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (255, 255, 255), thickness, cv2.LINE_AA)
-    return rgb
-
-
 def write_results(segmenter: Segmenter, frames, windows: List[Window], out_dir: Path, object_queries: List[int],
                   metadata: dict) -> List[Path]:
     """Second pass over the frames: overlay video, preview picture (the middle frame's overlay), mask PNGs and
@@ -343,7 +133,7 @@ def write_results(segmenter: Segmenter, frames, windows: List[Window], out_dir: 
         for stale in (query_dir / 'masks').glob('*.png'):  # from an earlier run on other frames
             stale.unlink()
         query_dirs.append(query_dir)
-        writers.append(OverlayVideoWriter(query_dir / 'overlay.mp4', frames.frame_rate, frames.size))
+        writers.append(Mp4Writer(query_dir / 'overlay.mp4', frames.frame_rate, frames.size))
         frame_records.append([])
     window_of_frame = [w for w, window in enumerate(windows) for _ in range(window.first_output, window.end)]
     probabilities = [segmenter.referred_probabilities(q) for q in range(len(segmenter.queries))]
@@ -441,17 +231,12 @@ def check_args(args):
         raise UsageError(f'-o {args.output_dir}: exists and is not a folder')
 
 
-def error_message(error: Exception) -> str:
-    """The message an error was raised with (str() of a KeyError would wrap it in quotes)."""
-    return str(error.args[0]) if len(error.args) == 1 else str(error)
-
-
 def load_run_config(args):
     """The config of the run, checked before any frame is decoded or any weight is read."""
     try:
         config = load_config(args.config_path, args.overrides, running_mode='eval', window_size=args.window_size,
                              checkpoint_path=args.checkpoint_path, text_encoder_pretrained=False,
-                             device='cpu' if args.cpu else 'cuda')
+                             backbone_pretrained=False, device='cpu' if args.cpu else 'cuda')
     except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
         raise UsageError(error_message(error)) from error
     if config.device.startswith('cuda') and not torch.cuda.is_available():
@@ -470,27 +255,21 @@ def load_run_config(args):
     return config
 
 
-def build_model(config, checkpoint_path):
+def load_model(config, checkpoint_path):
     """The network in eval mode with the checkpoint's weights (read with weights_only=True)."""
     try:
-        model = build_network(config)
-    except OSError as error:  # the text encoder's config or tokenizer
+        return build_trained_network(config, checkpoint_path)
+    except (OSError, KeyError, ValueError, RuntimeError) as error:  # text encoder files, checkpoint contents
         raise UsageError(error_message(error)) from error
-    try:
-        load_model_weights(model, checkpoint_path)
-    except (KeyError, ValueError, RuntimeError, FileNotFoundError) as error:
-        raise UsageError(error_message(error)) from error
-    return model.to(config.device).eval()
 
 
 def run(args) -> List[Path]:
     config = load_run_config(args)
-    if config.device == 'cpu' and config.cpu_keep_freed_memory:
+    if config.device == 'cpu' and config.cpu_keep_freed_memory:  # process-wide: this is the entry point
         keep_freed_memory_in_process()
     frames = open_input(args.video, args.start, args.end, args.fps, args.folder_fps)
-    model = build_model(config, args.checkpoint_path)
-    transforms = build_transforms('test', config.resize_and_crop_augmentations, False, config.train_short_size,
-                                  config.train_max_size, config.eval_short_size, config.eval_max_size)
+    model = load_model(config, args.checkpoint_path)
+    transforms = transforms_from_config('test', config)
     windows = window_layout(len(frames.frames), args.window_size)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

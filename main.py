@@ -11,22 +11,20 @@ import socket
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 import torch
 import torch.multiprocessing as mp
 
 import trainer
-from config import load_config
+from config import Config, load_config
+from utils import UsageError, error_message, keep_freed_memory_in_process
 
 TORCHRUN_VARIABLES = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')
 INTERRUPTED_EXIT_CODE = 143  # stopped by a signal after saving a resumable checkpoint
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for: reported in one line, without a stack trace."""
-
-
-def parse_args(argv=None):
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Train or evaluate MTTR (referring video object segmentation).',
         epilog='Config values are merged as: YAML file < the flags above < --set. '
@@ -67,20 +65,22 @@ def parse_args(argv=None):
     return args
 
 
-def build_config(args):
+def build_config(args: argparse.Namespace) -> Config:
     flags = dict(running_mode=args.running_mode, window_size=args.window_size, batch_size=args.batch_size,
                  eval_batch_size=args.eval_batch_size or args.batch_size, checkpoint_path=args.checkpoint_path,
                  output_dir=args.output_dir, device='cpu' if args.cpu else 'cuda')
+    if args.running_mode == 'eval':  # the checkpoint holds every weight: no Kinetics or RoBERTa weights to read
+        flags.update(backbone_pretrained=False, text_encoder_pretrained=False)
     try:
         config = load_config(args.config_path, args.overrides, **flags)
     except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
-        raise UsageError(str(error).strip('"')) from error
+        raise UsageError(error_message(error)) from error
     if config.synthetic_dataset:
         from datasets.synthetic import ensure_synthetic_dataset
         try:
             ensure_synthetic_dataset(config)
         except (FileNotFoundError, ValueError) as error:
-            raise UsageError(str(error)) from error
+            raise UsageError(error_message(error)) from error
     if config.running_mode == 'eval' and not config.checkpoint_path:
         raise UsageError('-rm eval needs a checkpoint: -ckpt CHECKPOINT')
     for path in (config.checkpoint_path, args.resume):
@@ -89,7 +89,7 @@ def build_config(args):
     return config
 
 
-def default_run_dir(resume):
+def default_run_dir(resume: Optional[str]) -> Path:
     """Resuming writes into the run directory the checkpoint belongs to (`<run>/checkpoints/<x>.pth.tar`)."""
     if resume:
         checkpoint_dir = Path(resume).resolve().parent
@@ -98,13 +98,13 @@ def default_run_dir(resume):
     return Path('runs') / datetime.now().strftime('%Y-%m-%d_%H-%M-%S')
 
 
-def free_port():
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
 
-def launch_plan(args):
+def launch_plan(args: argparse.Namespace) -> Tuple[List[str], str]:
     """Returns (devices, backend): one device per process to spawn, and the process-group backend."""
     if args.cpu:
         return ['cpu'] * (args.num_gpus or 1), 'gloo'
@@ -117,10 +117,17 @@ def launch_plan(args):
     return [f'cuda:{i}' for i in gpu_ids], 'nccl'
 
 
+def set_up_process(config: Config, device: str):
+    """Process-wide settings of a run's process (entry points only: they change the whole process)."""
+    if device == 'cpu' and config.cpu_keep_freed_memory:
+        keep_freed_memory_in_process()
+
+
 def _worker(rank, devices, backend, port, config, resume):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     if backend == 'gloo':  # CPU processes share the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(devices)))
+    set_up_process(config, devices[rank])
     try:
         trainer.run(config, rank=rank, world_size=len(devices), device=devices[rank], backend=backend, resume=resume)
     except trainer.RunError as error:
@@ -129,7 +136,7 @@ def _worker(rank, devices, backend, port, config, resume):
         sys.exit(2)
 
 
-def spawn(devices, backend, config, resume):
+def spawn(devices: List[str], backend: str, config: Config, resume: Optional[str]) -> str:
     """One process per device. SIGTERM is passed on so each process can save a checkpoint (Ctrl-C in a terminal
     reaches every process by itself)."""
     context = mp.start_processes(_worker, args=(devices, backend, free_port(), config, resume),
@@ -154,7 +161,7 @@ def spawn(devices, backend, config, resume):
     return 'interrupted' if received else 'done'
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
@@ -163,12 +170,14 @@ def main(argv=None):
             # launched by torchrun: join its process group (multi-node works the same way)
             local_rank = int(os.environ['LOCAL_RANK'])
             use_cuda = not args.cpu and torch.cuda.is_available()
+            device = f'cuda:{local_rank}' if use_cuda else 'cpu'
+            set_up_process(config, device)
             status = trainer.run(config, rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE']),
-                                 device=f'cuda:{local_rank}' if use_cuda else 'cpu',
-                                 backend='nccl' if use_cuda else 'gloo', resume=args.resume)
+                                 device=device, backend='nccl' if use_cuda else 'gloo', resume=args.resume)
         else:
             devices, backend = launch_plan(args)
             if len(devices) == 1:
+                set_up_process(config, devices[0])
                 status = trainer.run(config, rank=0, world_size=1, device=devices[0], backend=None,
                                      resume=args.resume)
             else:

@@ -1,22 +1,28 @@
 """Evaluation metrics.
 
-A2D-Sentences / JHMDB-Sentences: COCO mask mAP (pycocotools, categories ignored), and on each image's
-highest-scored prediction precision@K, overall IoU and mean IoU (`compute_referring_metrics`).
+A2D-Sentences / JHMDB-Sentences: COCO mask mAP (pycocotools, categories ignored) over every object query's mask
+(the paper's protocol) and over each image's top-scored mask (`... top-1`), and on each image's highest-scored
+prediction precision@K, overall IoU and mean IoU (`compute_referring_metrics`).
 
 Refer-YouTube-VOS: the DAVIS-2017 region similarity J (`db_eval_iou`) and boundary F-measure
 (`db_eval_boundary`); `tools/evaluate_refer_youtube_vos.py` averages them over expressions.
+
+Ref-DAVIS17: the DAVIS-2017 unsupervised protocol per video (`davis_unsupervised_scores`), averaged over objects
+per expression set and over the four sets (`ref_davis17_scores`). MeViS: J and F per expression
+(`mevis_expression_scores`), averaged over expressions (`mevis_summary`).
 """
 import contextlib
 import copy
 import io
 import math
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Sequence, Tuple
 
 import cv2
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from scipy.optimize import linear_sum_assignment
 from skimage.morphology import disk
 
 AP_NAMES = ('mAP 0.5:0.95', 'AP 0.5', 'AP 0.75', 'AP 0.5:0.95 S', 'AP 0.5:0.95 M', 'AP 0.5:0.95 L')
@@ -28,15 +34,46 @@ PREDICTION_KEYS = ('image_id', 'category_id', 'segmentation', 'score')
 # A2D-Sentences / JHMDB-Sentences
 # --------------------------------------------------------------------------------------------------------------
 
-def compute_referring_metrics(coco_gt: COCO, predictions: List[dict], verbose: bool = True) -> Dict[str, float]:
-    """All A2D/JHMDB metrics by name: the six COCO numbers (`AP_NAMES`), `P@0.5` ... `P@0.9`, `overall_iou`
-    and `mean_iou`.
+def compute_referring_metrics(coco_gt: COCO, predictions: List[dict], verbose: bool = True,
+                              precision_and_iou: bool = True) -> Dict[str, float]:
+    """All A2D/JHMDB metrics by name.
+
+    - The six COCO numbers (`AP_NAMES`: `mAP 0.5:0.95`, `AP 0.5`, ...) over every prediction: the paper's
+      protocol, where every object query's mask of a frame is a scored prediction.
+    - The same six on each frame's top-scored prediction only, named with ` top-1` (`mAP 0.5:0.95 top-1`, ...):
+      the protocol of papers that score one mask per frame. The extra masks of the paper's protocol give a
+      frame whose top mask misses a second chance, so its numbers usually come out higher (ReferFormer's users
+      report 55.0 against about 51.9): compare like with like.
+    - With `precision_and_iou`, on each frame's top-scored prediction too: `P@0.5` ... `P@0.9`, `overall_iou`
+      and `mean_iou`.
 
     `predictions` is a list of `{image_id, category_id, segmentation (RLE, counts as bytes or str), score}`;
     every image id must exist in `coco_gt`. An empty list is valid (every number is then 0, except the size
     buckets that hold no ground truth object, which COCO reports as -1). `verbose` prints the COCO table.
     """
     coco_pred = load_predictions(coco_gt, predictions)
+    metrics = _coco_mask_ap(coco_gt, coco_pred, verbose)
+    top1 = _coco_mask_ap(coco_gt, load_predictions(coco_gt, top_scored_predictions(predictions)), verbose=False)
+    metrics.update({f'{name} top-1': value for name, value in top1.items()})
+    if precision_and_iou:
+        precision_at_k, overall_iou, mean_iou = calculate_precision_at_k_and_iou_metrics(coco_gt, coco_pred)
+        metrics.update({f'P@{k}': float(p) for k, p in zip(PRECISION_THRESHOLDS, precision_at_k)})
+        metrics.update({'overall_iou': overall_iou, 'mean_iou': mean_iou})
+    return metrics
+
+
+def top_scored_predictions(predictions: List[dict]) -> List[dict]:
+    """Each image's highest-scored prediction (the first of equal scores), in the order of the images."""
+    best = {}
+    for prediction in predictions:
+        kept = best.get(prediction['image_id'])
+        if kept is None or prediction['score'] > kept['score']:
+            best[prediction['image_id']] = prediction
+    return list(best.values())
+
+
+def _coco_mask_ap(coco_gt: COCO, coco_pred: COCO, verbose: bool) -> Dict[str, float]:
+    """The six COCO segmentation numbers of `AP_NAMES`, categories ignored."""
     coco_eval = COCOeval(coco_gt, coco_pred, iouType='segm')
     # One dummy category: a prediction may match the image's ground truth whatever its category id.
     coco_eval.params.useCats = 0
@@ -45,12 +82,7 @@ def compute_referring_metrics(coco_gt: COCO, predictions: List[dict], verbose: b
         coco_eval.accumulate()
     with contextlib.nullcontext() if verbose else _quiet():
         coco_eval.summarize()
-    metrics = {name: float(value) for name, value in zip(AP_NAMES, coco_eval.stats[:6])}
-
-    precision_at_k, overall_iou, mean_iou = calculate_precision_at_k_and_iou_metrics(coco_gt, coco_pred)
-    metrics.update({f'P@{k}': float(p) for k, p in zip(PRECISION_THRESHOLDS, precision_at_k)})
-    metrics.update({'overall_iou': overall_iou, 'mean_iou': mean_iou})
-    return metrics
+    return {name: float(value) for name, value in zip(AP_NAMES, coco_eval.stats[:6])}
 
 
 def read_coco_ground_truth(path) -> COCO:
@@ -232,3 +264,117 @@ def _as_bool_masks(annotation, segmentation):
         raise ValueError(f'expected annotation and segmentation of the same shape [H, W] or [T, H, W], '
                          f'got {annotation.shape} and {segmentation.shape}')
     return annotation.astype(bool), segmentation.astype(bool)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# DAVIS-2017 unsupervised protocol (Ref-DAVIS17) and MeViS J&F
+# --------------------------------------------------------------------------------------------------------------
+
+DAVIS_VOID_LABEL = 255
+DAVIS_MAX_PROPOSALS = 20
+REF_DAVIS17_EXPRESSION_SETS = 4
+
+
+class DavisVideoScores(NamedTuple):
+    """One video under the DAVIS-2017 unsupervised protocol, per ground-truth object (object k at index k - 1)."""
+    j_mean: np.ndarray  # [M] J-Mean over the video's frames
+    f_mean: np.ndarray  # [M] F-Mean over the video's frames
+    predicted_ids: np.ndarray  # [M] the predicted id matched to the object; 0: none (it got an empty mask)
+
+
+def davis_unsupervised_scores(gt_labels: np.ndarray, pred_labels: np.ndarray,
+                              max_proposals: int = DAVIS_MAX_PROPOSALS) -> DavisVideoScores:
+    """J-Mean and F-Mean of each ground-truth object of one video after matching predicted ids to objects, as
+    the davis2017-evaluation package scores the 'unsupervised' task.
+
+    `gt_labels`: `[T, H, W]` ground-truth label maps (0 background, 1..M objects, `DAVIS_VOID_LABEL` void);
+    `pred_labels`: `[T, H, W]` predicted label maps (0 background, ids 1..P), every frame of the video.
+    - The objects are 1..M with M the largest id of the first ground-truth frame.
+    - The predicted masks are ids 1..P with P the largest id of any frame (an id absent everywhere is an empty
+      mask); P > `max_proposals` is an error; with P < M the missing ones are empty masks.
+    - Void pixels are left out of both masks of every pair: J counts intersection and union over the other
+      pixels, F takes the boundaries of the masks with void pixels cleared.
+    - J and F of every (predicted id, object) pair per frame; predicted ids are assigned to objects by the
+      Hungarian method on the pairs' mean of (J + F) / 2 over frames, maximising the sum. Unassigned predicted
+      ids cost nothing.
+    """
+    gt_labels, pred_labels = np.asarray(gt_labels), np.asarray(pred_labels)
+    if gt_labels.ndim != 3 or gt_labels.shape != pred_labels.shape or not len(gt_labels):
+        raise ValueError(f'expected ground-truth and predicted label maps of the same shape [T, H, W] with T >= 1, '
+                         f'got {gt_labels.shape} and {pred_labels.shape}')
+    void = gt_labels == DAVIS_VOID_LABEL
+    scored = ~void
+    objects = np.where(void, 0, gt_labels)
+    num_objects = int(objects[0].max())
+    num_predicted = int(pred_labels.max())
+    if pred_labels.min() < 0 or num_predicted > max_proposals:
+        raise ValueError(f'predicted ids must lie in 0..{max_proposals}, got {pred_labels.min()}..{num_predicted}')
+    num_rows = max(num_predicted, num_objects)
+    j = np.zeros((num_rows, num_objects, len(gt_labels)))  # [P, M, T]
+    f = np.zeros_like(j)
+    gt_masks = [(objects == k) & scored for k in range(1, num_objects + 1)]
+    for row in range(num_rows):
+        pred_mask = (pred_labels == row + 1) & scored
+        for column, gt_mask in enumerate(gt_masks):
+            j[row, column] = db_eval_iou(gt_mask, pred_mask)
+            f[row, column] = db_eval_boundary(gt_mask, pred_mask)
+    rows, columns = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
+    row_of_object = np.empty(num_objects, dtype=int)
+    row_of_object[columns] = rows
+    objects_range = np.arange(num_objects)
+    predicted_ids = np.where(row_of_object < num_predicted, row_of_object + 1, 0)
+    return DavisVideoScores(j_mean=j[row_of_object, objects_range].mean(axis=1),
+                            f_mean=f[row_of_object, objects_range].mean(axis=1), predicted_ids=predicted_ids)
+
+
+def davis_global_scores(videos: Iterable[DavisVideoScores]) -> Dict[str, float]:
+    """`{'J', 'F', 'J&F'}`: the means of J-Mean and F-Mean over all objects of all videos, and their mean (the
+    davis2017-evaluation global results)."""
+    videos = list(videos)
+    j_means = np.concatenate([video.j_mean for video in videos]) if videos else np.zeros(0)
+    f_means = np.concatenate([video.f_mean for video in videos]) if videos else np.zeros(0)
+    if not len(j_means):
+        raise ValueError('no ground-truth object to average over')
+    j, f = float(j_means.mean()), float(f_means.mean())
+    return {'J': j, 'F': f, 'J&F': (j + f) / 2}
+
+
+def ref_davis17_scores(videos_per_set: Mapping[int, Iterable[DavisVideoScores]]) -> Dict[str, Dict[str, float]]:
+    """Ref-DAVIS17 results: `davis_global_scores` of each expression set a (0..3, keys 'anno_<a>'), and under
+    'mean' their means over the four sets (the reported number)."""
+    if sorted(videos_per_set) != list(range(REF_DAVIS17_EXPRESSION_SETS)):
+        raise ValueError(f'expected the scores of expression sets 0..{REF_DAVIS17_EXPRESSION_SETS - 1}, '
+                         f'got sets {sorted(videos_per_set)}')
+    results = {f'anno_{a}': davis_global_scores(videos_per_set[a]) for a in range(REF_DAVIS17_EXPRESSION_SETS)}
+    results['mean'] = {name: float(np.mean([scores[name] for scores in results.values()]))
+                       for name in ('J', 'F', 'J&F')}
+    return results
+
+
+def mevis_expression_scores(expressions: Iterable[Tuple[str, str, np.ndarray, np.ndarray]]
+                            ) -> Dict[str, Tuple[float, float]]:
+    """`{'<video>_<exp_id>': (J, F)}` from `(video_id, exp_id, gt_masks, pred_masks)` items, masks `[T, H, W]`
+    (nonzero = foreground) over every frame of the video: per frame `db_eval_iou` and `db_eval_boundary`
+    (both 1 when both masks are empty; F 0 when exactly one is), averaged over the frames.
+
+    Expressions are kept by id, never by text (texts repeat within a video); a key seen twice is an error.
+    """
+    scores = {}
+    for video_id, exp_id, gt_masks, pred_masks in expressions:
+        key = f'{video_id}_{exp_id}'
+        if key in scores:
+            raise ValueError(f'expression {key} appears twice')
+        if np.ndim(gt_masks) != 3:
+            raise ValueError(f'expression {key}: expected masks [T, H, W], got shape {np.shape(gt_masks)}')
+        scores[key] = (float(np.mean(db_eval_iou(gt_masks, pred_masks))),
+                       float(np.mean(db_eval_boundary(gt_masks, pred_masks))))
+    return scores
+
+
+def mevis_summary(expression_scores: Mapping[str, Tuple[float, float]]) -> Dict[str, float]:
+    """`{'J', 'F', 'J&F'}`: the means of the expressions' J and F, and their mean."""
+    if not expression_scores:
+        raise ValueError('no expression scores to average')
+    j = float(np.mean([j for j, _ in expression_scores.values()]))
+    f = float(np.mean([f for _, f in expression_scores.values()]))
+    return {'J': j, 'F': f, 'J&F': (j + f) / 2}

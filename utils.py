@@ -1,14 +1,28 @@
-"""Small shared helpers: padded batches, distributed state, file I/O."""
+"""Small shared helpers: user-facing errors, padded batches, distributed state and collectives, random states,
+file I/O, autocast."""
 import ctypes
 import ctypes.util
 import os
+import random
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+class UsageError(Exception):
+    """A problem with what the user gave (a flag, a file, a config value): the command-line programs print it in
+    one line, without a stack trace, and exit with code 2."""
+
+
+def error_message(error: BaseException) -> str:
+    """The message an error was raised with, on one line (str() of a KeyError would wrap it in quotes)."""
+    message = str(error.args[0]) if len(error.args) == 1 else str(error)
+    return ' '.join(message.split())
 
 
 class NestedTensor:
@@ -73,6 +87,44 @@ def get_rank():
 
 def is_main_process():
     return get_rank() == 0
+
+
+def all_gather_lists(items: list) -> list:
+    """Every process's list, concatenated in rank order (the list itself without torch.distributed)."""
+    if not is_dist_avail_and_initialized():
+        return items
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def broadcast_object(value: Any) -> Any:
+    """The main process's `value` on every process."""
+    if not is_dist_avail_and_initialized():
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
+def rng_states() -> dict:
+    """This process's random states (Python, NumPy, torch, CUDA), as types a weights_only checkpoint can hold."""
+    name, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    states = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+              'numpy': (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss)}
+    if torch.cuda.is_available():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict):
+    version, internal, gauss = states['python']
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached_gauss = states['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+    torch.set_rng_state(states['torch'])
+    if 'cuda' in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])
 
 
 def atomic_write(path, write_fn, mode='wb'):

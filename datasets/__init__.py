@@ -1,37 +1,74 @@
-"""The datasets: `build_dataset(image_set, dataset_name, **config)`.
+"""The datasets and their evaluators, by name.
 
-Every dataset is a torch Dataset with a `collator` attribute to give the DataLoader (see
-`transforms.collate_videos` for the batch it makes). A2D-Sentences (test) and JHMDB-Sentences also have
-`coco_gt_path`, the COCO-format ground truth the evaluation loads with pycocotools.
+A dataset is three things: a loader (a torch Dataset with a `collator` for its DataLoader, see
+`transforms.collate_videos` for the batch it makes), an evaluator (`evaluator.Evaluator`: metrics, predictions,
+submission files) and a config in configs/. They are registered below under the config's `dataset_name`; the
+trainer and the command-line programs reach them only through `build_dataset` and `build_evaluator`.
+
+To add a dataset: write its module in this folder with a `build(image_set, config, transforms)` that returns the
+Dataset and a `build_evaluator(config, dataset, run_dir, epoch)`, add one `register_dataset` line at the end of
+this file, and a YAML file in configs/.
 """
-from .a2d_sentences import A2DSentencesDataset
-from .jhmdb_sentences import JHMDBSentencesDataset
-from .refer_youtube_vos import ReferYouTubeVOSDataset
-from .transforms import build_transforms
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Tuple
+
+from torch.utils.data import Dataset
+
+from config import Config, as_config
+from .evaluator import Evaluator
+from .files import SubsetWarning
+from .transforms import VideoTransforms, transforms_from_config
+
+BuildDataset = Callable[[str, Config, VideoTransforms], Dataset]  # (image_set, config, transforms) -> the loader
+BuildEvaluator = Callable[[Config, Dataset, Path, int], Evaluator]  # (config, test dataset, run_dir, epoch)
 
 
-def build_dataset(image_set: str, dataset_name: str, *, dataset_path: str, window_size: int,
-                  resize_and_crop_augmentations: bool, horizontal_flip_augmentations: bool, train_short_size: int,
-                  train_max_size: int, eval_short_size: int, eval_max_size: int, cache_dir: str,
-                  dataset_coco_gt_format_path, samples_metadata_path, generate_new_samples_metadata: bool,
-                  seed: int, output_dir: str, valid_video_ids_path, **other_config):
-    """`image_set` is 'train' or 'test'; the keyword arguments are the config's keys: `**config.to_dict()`."""
-    if image_set not in ('train', 'test'):
-        raise ValueError(f"image_set must be 'train' or 'test', got {image_set!r}")
-    transforms = build_transforms(image_set, resize_and_crop_augmentations, horizontal_flip_augmentations,
-                                  train_short_size, train_max_size, eval_short_size, eval_max_size)
-    if dataset_name == 'a2d_sentences':
-        return A2DSentencesDataset(image_set, dataset_path, window_size, transforms, cache_dir,
-                                   coco_gt_path=dataset_coco_gt_format_path)
-    if dataset_name == 'jhmdb_sentences':
-        if image_set != 'test':
-            raise ValueError('jhmdb_sentences is used for evaluation only (image_set test); train on a2d_sentences')
-        return JHMDBSentencesDataset(dataset_path, window_size, transforms, cache_dir,
-                                     samples_metadata_path=samples_metadata_path,
-                                     generate_new_samples_metadata=generate_new_samples_metadata, seed=seed,
-                                     output_dir=output_dir, coco_gt_path=dataset_coco_gt_format_path)
-    if dataset_name == 'ref_youtube_vos':
-        return ReferYouTubeVOSDataset(image_set, dataset_path, window_size, transforms, cache_dir,
-                                      valid_video_ids_path=valid_video_ids_path)
-    raise ValueError(f"dataset_name must be 'a2d_sentences', 'jhmdb_sentences' or 'ref_youtube_vos', "
-                     f'got {dataset_name!r}')
+@dataclass(frozen=True)
+class DatasetEntry:
+    build: BuildDataset
+    build_evaluator: BuildEvaluator
+    image_sets: Tuple[str, ...] = ('train', 'test')  # the splits it has ('test' only: evaluation only)
+
+
+_DATASETS: Dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, build: BuildDataset, build_evaluator: BuildEvaluator, image_sets: Tuple[str, ...] = ('train', 'test')):
+    """Make `name` a valid `dataset_name`. Registering a name again replaces its entry."""
+    _DATASETS[name] = DatasetEntry(build, build_evaluator, tuple(image_sets))
+
+
+def dataset_names() -> Tuple[str, ...]:
+    return tuple(_DATASETS)
+
+
+def build_dataset(image_set: str, config=None, **config_values) -> Dataset:
+    """The `image_set` ('train' or 'test') of the config's dataset: `build_dataset('test', config)`, or as the
+    original calls it, `build_dataset('test', **vars(args))` with its config namespace (see `config.as_config`)."""
+    if isinstance(config, str):  # the original's positional dataset_name
+        config_values['dataset_name'] = config
+        config = None
+    config = as_config(config if config is not None else config_values)
+    entry = _DATASETS[config.dataset_name]
+    if image_set not in entry.image_sets:
+        raise ValueError(f'{config.dataset_name} has no {image_set!r} split (it has: {", ".join(entry.image_sets)})'
+                         + ('; it is used for evaluation only: run with -rm eval' if image_set == 'train' else ''))
+    transforms = transforms_from_config(image_set, config)
+    with warnings.catch_warnings():
+        if config.synthetic_dataset:  # generated data is not a subset of the real dataset: no row-count warnings
+            warnings.simplefilter('ignore', SubsetWarning)
+        return entry.build(image_set, config, transforms)
+
+
+def build_evaluator(config: Config, dataset: Dataset, run_dir: Path, epoch: int) -> Evaluator:
+    return _DATASETS[config.dataset_name].build_evaluator(config, dataset, Path(run_dir), epoch)
+
+
+from . import a2d_sentences, jhmdb_sentences, refer_youtube_vos  # noqa: E402  (they import the names above)
+from .coco_evaluator import build_coco_evaluator  # noqa: E402
+
+register_dataset('a2d_sentences', a2d_sentences.build, build_coco_evaluator)
+register_dataset('jhmdb_sentences', jhmdb_sentences.build, build_coco_evaluator, image_sets=('test',))
+register_dataset('ref_youtube_vos', refer_youtube_vos.build, refer_youtube_vos.build_evaluator)

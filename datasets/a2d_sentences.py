@@ -225,8 +225,9 @@ class ClipReader:
 
 
 class A2DSentencesDataset(Dataset):
-    """Items are `(frames [T, 3, H, W], targets, text_query)`; `targets[window_size // 2]` is the annotated
-    centre frame's dict, the other entries are None."""
+    """Training items are `(frames [T, 3, H, W], targets, text_query)`; `targets[window_size // 2]` is the
+    annotated centre frame's dict, the other entries are None. Test items are an annotated frame's window with
+    the queries of all its samples: `(frames, [targets per query], [text queries])`."""
 
     def __init__(self, image_set: str, dataset_path: str, window_size: int, transforms: VideoTransforms,
                  cache_dir: str, coco_gt_path: Optional[str] = None):
@@ -256,6 +257,15 @@ class A2DSentencesDataset(Dataset):
         self.samples = [tuple(s) for s in load_or_build_json(
             samples_cache, lambda: self._build_samples(annotations, mask_files),
             f'the A2D-Sentences {image_set} sample list')]
+        # Training: an item per sample. Test: an item per annotated frame with the queries of all its samples, so
+        # that its window is read and encoded once for all of them.
+        if image_set == 'train':
+            self.items = [[i] for i in range(len(self.samples))]
+        else:
+            groups = {}
+            for i, (_, video_id, frame, _) in enumerate(self.samples):
+                groups.setdefault((video_id, frame), []).append(i)
+            self.items = list(groups.values())
 
         self.coco_gt_path = None
         if image_set == 'test':
@@ -327,28 +337,39 @@ class A2DSentencesDataset(Dataset):
         return coco_ground_truth(images())
 
     def __len__(self):
-        return len(self.samples)
+        return len(self.items)
 
     def __getitem__(self, idx):
-        text_query, video_id, frame, instance_id = self.samples[idx]
+        samples = [self.samples[i] for i in self.items[idx]]
+        _, video_id, frame, _ = samples[0]
         # h5 frame numbers count from 1, video frames from 0
         start = frame - 1 - self.window_size // 2
         frames = self.clip_reader.read_window(self.videos_dir / f'{video_id}.mp4',
                                               start, start + self.window_size)
-
         mask_path = self._mask_path(video_id, frame)
         instance_ids, masks = read_frame_masks(mask_path)
-        if instance_id not in instance_ids:
-            raise ValueError(f'{mask_path}: instance {instance_id} is not among {instance_ids}; the cached sample '
-                             f'list does not match the mask files')
         masks = torch.from_numpy(np.ascontiguousarray(masks))  # [N, H, W] bool
-        target = {'masks': masks,
-                  'orig_size': tuple(masks.shape[-2:]),
-                  'size': torch.tensor(masks.shape[-2:]),
-                  'referred_instance_idx': torch.tensor(instance_ids.index(instance_id)),
-                  'area': masks.sum((1, 2)).double(),
-                  'iscrowd': torch.zeros(len(masks)),
-                  'image_id': image_id(video_id, frame, instance_id)}
-        targets = [None] * self.window_size
-        targets[self.window_size // 2] = target
-        return self.transforms(frames, targets, text_query)
+        items = []
+        for text_query, _, _, instance_id in samples:
+            if instance_id not in instance_ids:
+                raise ValueError(f'{mask_path}: instance {instance_id} is not among {instance_ids}; the cached '
+                                 f'sample list does not match the mask files')
+            target = {'masks': masks,
+                      'orig_size': tuple(masks.shape[-2:]),
+                      'size': torch.tensor(masks.shape[-2:]),
+                      'referred_instance_idx': torch.tensor(instance_ids.index(instance_id)),
+                      'area': masks.sum((1, 2)).double(),
+                      'iscrowd': torch.zeros(len(masks)),
+                      'image_id': image_id(video_id, frame, instance_id)}
+            targets = [None] * self.window_size
+            targets[self.window_size // 2] = target
+            items.append(self.transforms(frames, targets, text_query))
+        if self.image_set == 'train':
+            return items[0]
+        video = items[0][0]  # (the same frames for every query)
+        return video, [targets for _, targets, _ in items], [text_query for _, _, text_query in items]
+
+
+def build(image_set: str, config, transforms: VideoTransforms) -> A2DSentencesDataset:
+    return A2DSentencesDataset(image_set, config.dataset_path, config.window_size, transforms, config.cache_dir,
+                               coco_gt_path=config.dataset_coco_gt_format_path)

@@ -1,5 +1,4 @@
-"""The datasets' files on disk: expected-path checks, row-count warnings, the cache of derived files, and an
-mp4 writer for generated videos.
+"""The datasets' files on disk: expected-path checks, row-count warnings and the cache of derived files.
 
 Derived files (sample lists, COCO-format ground truth) are built once and kept under the configured cache
 directory, never inside the source tree. A cache file's name carries a key made of the dataset path, the
@@ -7,15 +6,13 @@ split and a fingerprint of every source file it was built from, so a cache built
 found, let alone reused.
 """
 import hashlib
-import itertools
 import json
 import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Tuple
 
-import av
 import numpy as np
 import torch.distributed as dist
 from pycocotools import mask as coco_mask
@@ -113,20 +110,3 @@ def coco_ground_truth(images: Iterable[Tuple[str, np.ndarray]]) -> dict:
         raise ValueError(f'{len(duplicates)} image ids appear more than once in the ground truth, '
                          f'e.g. {duplicates[:5]}')
     return {'images': coco_images, 'annotations': annotations, 'categories': [{'id': 1, 'name': 'dummy_class'}]}
-
-
-def write_mp4(path, frames, rate, pix_fmt: str = 'yuv420p', gop: Optional[int] = None, options=None):
-    """Encode RGB frames (`[H, W, 3]` uint8, any iterable) as an H.264 mp4. `gop`: key-frame interval (None:
-    x264's default); `options`: x264 options such as `{'crf': '4'}`."""
-    frames = iter(frames)
-    first = next(frames)
-    with av.open(str(path), 'w') as container:
-        stream = container.add_stream('libx264', rate=rate, options=options or {})
-        stream.height, stream.width = first.shape[:2]
-        stream.pix_fmt = pix_fmt
-        if gop is not None:
-            stream.codec_context.gop_size = gop
-        for frame in itertools.chain([first], frames):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
-        container.mux(stream.encode())
-    return path

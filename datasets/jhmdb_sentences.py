@@ -211,3 +211,12 @@ class JHMDBSentencesDataset(Dataset):
         targets = [None] * self.window_size
         targets[self.window_size // 2] = target
         return self.transforms(frames, targets, text_query)
+
+
+def build(image_set: str, config, transforms: VideoTransforms) -> JHMDBSentencesDataset:
+    """The test split (JHMDB-Sentences is used for evaluation only)."""
+    return JHMDBSentencesDataset(config.dataset_path, config.window_size, transforms, config.cache_dir,
+                                 samples_metadata_path=config.samples_metadata_path,
+                                 generate_new_samples_metadata=config.generate_new_samples_metadata,
+                                 seed=config.seed, output_dir=config.output_dir,
+                                 coco_gt_path=config.dataset_coco_gt_format_path)

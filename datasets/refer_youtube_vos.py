@@ -2,7 +2,8 @@
 
 Training samples are windows of `window_size` annotated frames per expression. Evaluation (the 'valid' split,
 scored by the competition server) takes each (video, expression) whole, and returns with each sample the
-metadata the post-processing and the submission need.
+metadata the post-processing and the submission need; `ReferYouTubeVOSEvaluator` writes the predicted masks and
+the submission zip.
 """
 import json
 from pathlib import Path
@@ -14,11 +15,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from utils import is_main_process
+from models.postprocessing import ReferYoutubeVOSPostProcess
+from utils import all_gather_lists, is_main_process
 from .a2d_sentences import normalize_query
+from .evaluator import Evaluator
 from .files import (cache_path, check_row_count, file_digest, load_or_build_json, require_dataset_root,
                     require_path, stat_fingerprint)
-from .transforms import VideoTransforms, collate_videos
+from .transforms import VideoTransforms, collate_videos, collate_whole_videos
+from .video import window_layout
 
 LAYOUT = """<dataset_path>/
 ├── train/
@@ -38,28 +42,38 @@ FULL_VALID_PLUS_TEST_VIDEOS = 507
 FULL_VALID_VIDEOS = 202
 
 
-def read_meta_expressions(path: Path) -> Dict[str, dict]:
+META_LAYOUT = ('{"videos": {<video>: {"expressions": {<exp_id>: {"exp": <text>, ...}}, "frames": [<frame>, ...]}}}, '
+               'normally at <root>/meta_expressions/<split>/meta_expressions.json')
+
+
+def read_meta_expressions(path) -> Dict[str, dict]:
+    """The `videos` mapping of a meta_expressions.json, with an error naming the file and the video when it does
+    not have that form."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'meta expressions file not found: {path} (expected a JSON file {META_LAYOUT})')
     try:
         with open(path) as f:
-            videos = json.load(f)['videos']
-    except (ValueError, KeyError) as e:
-        raise ValueError(f'{path}: expected JSON {{"videos": {{video: {{"expressions": ..., "frames": ...}}}}}}: '
-                         f'{e!r}') from e
+            meta = json.load(f)
+    except ValueError as e:
+        raise ValueError(f'{path}: not valid JSON ({e}); expected {META_LAYOUT}') from e
+    videos = meta.get('videos') if isinstance(meta, dict) else None
+    if not isinstance(videos, dict):
+        raise ValueError(f'{path}: no "videos" mapping at the top level (expected {META_LAYOUT})')
     for video_id, video in videos.items():
-        if 'expressions' not in video or 'frames' not in video or not video['frames']:
-            raise ValueError(f'{path}: video {video_id} needs "expressions" and a non-empty "frames" list')
+        if not isinstance(video, dict) or not isinstance(video.get('expressions'), dict) \
+                or not isinstance(video.get('frames'), list) or not video['frames']:
+            raise ValueError(f'{path}: video {video_id!r} needs an "expressions" mapping and a non-empty "frames" '
+                             f'list (expected {META_LAYOUT})')
     return videos
 
 
 def windows_of(frames: List[str], window_size: int) -> List[List[str]]:
-    """Non-overlapping windows; the last one is taken from the end, or padded with the last frame when the
-    video is shorter than a window."""
-    windows = [frames[i:i + window_size] for i in range(0, len(frames), window_size)]
-    if len(windows[-1]) < window_size:
-        if len(frames) >= window_size:
-            windows[-1] = frames[-window_size:]
-        else:
-            windows[-1] = windows[-1] + [windows[-1][-1]] * (window_size - len(windows[-1]))
+    """Non-overlapping windows (`datasets.video.window_layout`: the last one taken from the end); a video
+    shorter than a window is padded with its last frame."""
+    windows = [frames[w.start:w.end] for w in window_layout(len(frames), window_size)]
+    if len(frames) < window_size:
+        windows[0] = windows[0] + [frames[-1]] * (window_size - len(frames))
     return windows
 
 
@@ -88,7 +102,8 @@ def read_frame(path: Path) -> Image.Image:
 
 class ReferYouTubeVOSDataset(Dataset):
     """Training items: `(frames [T, 3, H, W], targets, text_query)` with a target dict for every frame.
-    Evaluation items: `(frames [T, 3, H, W], [None] * T, text_query, video_metadata)` for a whole video."""
+    Evaluation items: a whole video with all its expressions, `(frames [T, 3, H, W], [[None] * T per expression],
+    [text queries], [metadata per expression])` (see `transforms.collate_videos`)."""
 
     def __init__(self, image_set: str, dataset_path: str, window_size: int, transforms: VideoTransforms,
                  cache_dir: str, valid_video_ids_path: Optional[str] = None):
@@ -99,7 +114,7 @@ class ReferYouTubeVOSDataset(Dataset):
         self.split = SPLITS[image_set]
         self.window_size = window_size
         self.transforms = transforms
-        self.collator = collate_videos
+        self.collator = collate_videos if image_set == 'train' else collate_whole_videos
         self.frames_dir = require_path(self.root / self.split / 'JPEGImages', f'{self.split} frame folder', LAYOUT)
         meta_path = require_path(self.root / 'meta_expressions' / self.split / 'meta_expressions.json',
                                  f'{self.split} expressions file', LAYOUT)
@@ -124,8 +139,11 @@ class ReferYouTubeVOSDataset(Dataset):
         else:
             check_row_count(meta_path, len(videos), FULL_VALID_PLUS_TEST_VIDEOS, 'videos')
             valid_ids = self._valid_video_ids(videos, meta_path, valid_video_ids_path)
-            self.samples = [(video_id, sorted(videos[video_id]['frames']), exp_id, normalize_query(exp['exp']))
-                            for video_id in valid_ids for exp_id, exp in videos[video_id]['expressions'].items()]
+            # one sample per video with all its expressions: the video is encoded once for all of them
+            self.samples = [(video_id, sorted(videos[video_id]['frames']),
+                             [(exp_id, normalize_query(exp['exp'])) for exp_id, exp in
+                              videos[video_id]['expressions'].items()])
+                            for video_id in valid_ids if videos[video_id]['expressions']]
 
     def _valid_video_ids(self, videos: Dict[str, dict], meta_path: Path, valid_video_ids_path) -> List[str]:
         """The distributed valid expressions file lists the valid and the test videos; keep the valid ones."""
@@ -200,13 +218,69 @@ class ReferYouTubeVOSDataset(Dataset):
                             'image_id': f'v_{video_id}_f_{frame}'})
         return self.transforms(frames, targets, text_query)
 
-    def _eval_item(self, video_id, frame_names, exp_id, text_query):
+    def _eval_item(self, video_id, frame_names, expressions):
         frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in frame_names]
         original_size = (frames[0].height, frames[0].width)
-        video, targets, text_query = self.transforms(frames, [None] * len(frames), text_query)
-        metadata = {'video_id': video_id,
-                    'exp_id': exp_id,
-                    'frame_indices': frame_names,
-                    'original_frame_size': original_size,
-                    'resized_frame_size': tuple(video.shape[-2:])}
-        return video, targets, text_query, metadata
+        video, _, _ = self.transforms(frames, [None] * len(frames), '')
+        metadata = [{'video_id': video_id,
+                     'exp_id': exp_id,
+                     'frame_indices': frame_names,
+                     'original_frame_size': original_size,
+                     'resized_frame_size': tuple(video.shape[-2:])} for exp_id, _ in expressions]
+        return video, [[None] * len(frames) for _ in expressions], [query for _, query in expressions], metadata
+
+
+class ReferYouTubeVOSEvaluator(Evaluator):
+    """Writes each expression's masks as `<out_dir>/Annotations/<video>/<exp_id>/<frame>.png` (0/255) as its
+    batch is evaluated, then zips them for the competition server (`zip_path`). There is no local score, so
+    `best.pth.tar` follows the lowest mean training loss, as in the original.
+
+    The object query is chosen on the mean over the expression's own frames. The original averaged over the
+    batch's padded length, which differs only with `-ebs` above 1 and videos of different lengths (the paper
+    evaluated with 1)."""
+    best_metric = 'training loss'
+    higher_is_better = False
+    checkpoint_key = 'best_loss'
+
+    def __init__(self, out_dir: Path, zip_path: Path):
+        self.out_dir, self.zip_path = out_dir, zip_path
+        self.postprocessor = ReferYoutubeVOSPostProcess()
+        self.expressions = 0
+
+    def update(self, batch, outputs):
+        padded_size = batch['samples'].tensors.shape[-2:]
+        for q, metadata in enumerate(batch['videos_metadata']):
+            # the query's own frames: a shorter video of the batch was padded in time
+            num_frames = len(metadata['frame_indices'])
+            query_outputs = {key: outputs[key][:num_frames, q:q + 1] for key in ('pred_masks', 'pred_is_referred')}
+            (prediction,) = self.postprocessor(query_outputs, [metadata], padded_size)
+            masks = prediction['pred_masks'][:, 0].numpy() * 255  # [T, H0, W0] uint8
+            expression_dir = self.out_dir / 'Annotations' / metadata['video_id'] / str(metadata['exp_id'])
+            expression_dir.mkdir(parents=True, exist_ok=True)
+            for frame_name, mask in zip(metadata['frame_indices'], masks):
+                Image.fromarray(mask).save(expression_dir / f'{frame_name}.png')
+            self.expressions += 1
+
+    def summarize(self):
+        expressions = sum(all_gather_lists([self.expressions]))  # also waits for every process's masks
+        if not is_main_process():
+            return None
+        from .submission import write_submission_zip  # (which reads meta files with this module's reader)
+        write_submission_zip(self.out_dir, self.zip_path)
+        return {'submission_zip': str(self.zip_path), 'expressions': expressions}
+
+    def best_score(self, metrics, train_losses):
+        return train_losses['loss']
+
+    def describe(self, metrics):
+        return f'submission zip {metrics["submission_zip"]}'
+
+
+def build(image_set: str, config, transforms: VideoTransforms) -> ReferYouTubeVOSDataset:
+    return ReferYouTubeVOSDataset(image_set, config.dataset_path, config.window_size, transforms, config.cache_dir,
+                                  valid_video_ids_path=config.valid_video_ids_path)
+
+
+def build_evaluator(config, dataset, run_dir: Path, epoch: int) -> ReferYouTubeVOSEvaluator:
+    return ReferYouTubeVOSEvaluator(run_dir / 'validation_outputs' / f'epoch_{epoch}',
+                                    run_dir / 'validation_outputs' / f'submission_epoch_{epoch}.zip')

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import h5py
 import numpy as np
 
-from datasets.files import write_mp4
+from datasets.video import write_mp4
 
 # The version of what this module writes; part of the default directory name, so data written by an older
 # generator is never mistaken for the current one.

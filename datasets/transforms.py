@@ -91,33 +91,66 @@ def to_normalized_video(frames: List[Image.Image]) -> torch.Tensor:
     return video.sub_(torch.tensor(IMAGENET_MEAN)[:, None, None]).div_(torch.tensor(IMAGENET_STD)[:, None, None])
 
 
-def build_transforms(image_set: str, resize_and_crop_augmentations: bool, horizontal_flip_augmentations: bool,
-                     train_short_size: int, train_max_size: int, eval_short_size: int,
-                     eval_max_size: int) -> VideoTransforms:
-    """Training: flip (when enabled) + resize to the train sizes; evaluation: resize to the eval sizes."""
+def build_transforms(image_set: str, *, resize_frames: bool, horizontal_flip: bool, train_short_size: int,
+                     train_max_size: int, eval_short_size: int, eval_max_size: int) -> VideoTransforms:
+    """Training: flip (when enabled) + resize to the train sizes; evaluation: resize to the eval sizes. Without
+    `resize_frames` frames keep their size (as the original's resize_and_crop_augmentations: false, which
+    never cropped)."""
     train = image_set == 'train'
     short_size, max_size = (train_short_size, train_max_size) if train else (eval_short_size, eval_max_size)
-    if not resize_and_crop_augmentations:
+    if not resize_frames:
         short_size = max_size = None
-    return VideoTransforms(short_size, max_size, horizontal_flip=train and horizontal_flip_augmentations)
+    return VideoTransforms(short_size, max_size, horizontal_flip=train and horizontal_flip)
 
 
-def collate_videos(batch):
-    """Batch samples `(video [T, 3, H, W], targets, text_query[, video_metadata])`.
+def transforms_from_config(image_set: str, config) -> VideoTransforms:
+    """`build_transforms` with the run config's values."""
+    return build_transforms(image_set, resize_frames=config.resize_frames,
+                            horizontal_flip=config.horizontal_flip_augmentations,
+                            train_short_size=config.train_short_size, train_max_size=config.train_max_size,
+                            eval_short_size=config.eval_short_size, eval_max_size=config.eval_max_size)
+
+
+def collate_videos(batch, all_frames: bool = False):
+    """Batch samples `(video [T, 3, H, W], targets, text_query[, metadata])`, or samples that carry several
+    queries of one video, `(video, [targets per query], [text queries], [metadata per query])`, whose video is
+    then encoded once for all of them.
 
     Returns a dict:
       'samples':         NestedTensor, tensors `[T, B, 3, H, W]` padded with zeros to the largest T, H and W,
                          mask `[T, B, H, W]` True on padding;
-      'targets':         a list over the T frames of tuples over the B videos (None where a frame has no
+      'text_queries':    a tuple of the Q queries of the batch (Q = B with one query per sample);
+      'query_videos':    LongTensor `[Q]`, the video (0..B-1) of each query;
+      'targets':         a list over the T frames of tuples over the Q queries (None where a frame has no
                          annotation, or where a shorter video was padded in time);
-      'text_queries':    a tuple of B strings;
-      'videos_metadata': (Refer-YouTube-VOS evaluation only) a tuple of B dicts with 'video_id', 'exp_id',
-                         'frame_indices' (frame names), 'original_frame_size' (H, W), 'resized_frame_size' (h, w).
+      'valid_indices':   LongTensor of the frames the network's outputs are wanted for: those annotated for
+                         every query, or, with `all_frames`, every frame;
+      'videos_metadata': (when the samples carry metadata) a tuple of Q dicts.
     """
-    videos, targets, text_queries, *metadata = zip(*batch)
-    batch_dict = {'samples': nested_tensor_from_videos_list(list(videos)),
-                  'targets': list(zip_longest(*targets)),
-                  'text_queries': text_queries}
+    videos, text_queries, query_videos, targets, metadata = [], [], [], [], []
+    for b, (video, item_targets, item_queries, *item_metadata) in enumerate(batch):
+        if isinstance(item_queries, str):  # one query
+            item_targets, item_queries, item_metadata = [item_targets], [item_queries], item_metadata
+        else:
+            item_metadata = item_metadata[0] if item_metadata else []
+        videos.append(video)
+        text_queries += item_queries
+        query_videos += [b] * len(item_queries)
+        targets += item_targets
+        metadata += item_metadata
+    targets = list(zip_longest(*targets))
+    num_frames = len(targets)
+    valid = range(num_frames) if all_frames else [i for i, frame in enumerate(targets) if None not in frame]
+    batch_dict = {'samples': nested_tensor_from_videos_list(videos),
+                  'text_queries': tuple(text_queries),
+                  'query_videos': torch.tensor(query_videos, dtype=torch.long),
+                  'targets': targets,
+                  'valid_indices': torch.tensor(list(valid), dtype=torch.long)}
     if metadata:
-        batch_dict['videos_metadata'] = metadata[0]
+        batch_dict['videos_metadata'] = tuple(metadata)
     return batch_dict
+
+
+def collate_whole_videos(batch):
+    """`collate_videos` with every frame wanted (evaluation on whole videos without targets)."""
+    return collate_videos(batch, all_frames=True)

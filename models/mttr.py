@@ -1,14 +1,46 @@
 """MTTR: the network that segments the text-referred object in every annotated frame of a video window."""
+from typing import List, NamedTuple, Optional
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import nn
+from torch import Tensor, nn
 
 from models.multimodal_transformer import MultimodalTransformer
 from models.segmentation import FPNSpatialDecoder
 from models.text_encoder import POSITION_IDS
 
 POSITION_IDS_KEY = f'transformer.text_encoder.{POSITION_IDS}'
+
+
+class VideoFeatures(NamedTuple):
+    """What MTTR computes from a video batch alone (B videos, T' annotated frames), for `MTTR.decode`."""
+    vid_embeds: Tensor  # [T', B, d_model, H/16, W/16]: the last backbone stage, projected
+    vid_pad_mask: Tensor  # [T', B, H/16, W/16], True on padding
+    finer_features: List[Tensor]  # the spatial decoder's skip inputs: [T', B, 192, H/8, W/8], [T', B, 96, H/4, W/4]
+
+    @property
+    def num_videos(self) -> int:
+        return self.vid_embeds.shape[1]
+
+
+def _query_videos(query_videos, num_videos, num_queries, device) -> Optional[Tensor]:
+    """Each query's video index as a LongTensor [Q] on `device`, or None when query i refers to video i."""
+    if query_videos is None:
+        if num_queries == num_videos:
+            return None
+        if num_videos == 1:
+            return torch.zeros(num_queries, dtype=torch.long, device=device)
+        raise ValueError(f'{num_queries} text queries for {num_videos} videos: without query_videos there must be '
+                         'one query per video (or a single video); pass query_videos, the video index of each query')
+    query_videos = torch.as_tensor(query_videos, dtype=torch.long).to(device)
+    if query_videos.shape != (num_queries,):
+        raise ValueError(f'query_videos must hold one video index per text query ({num_queries}), got shape '
+                         f'{tuple(query_videos.shape)}')
+    if num_queries and not 0 <= int(query_videos.min()) <= int(query_videos.max()) < num_videos:
+        raise ValueError(f'query_videos must index the {num_videos} encoded videos (0..{num_videos - 1}), got '
+                         f'{query_videos.tolist()}')
+    return query_videos
 
 
 class MLP(nn.Module):
@@ -41,35 +73,100 @@ class MTTR(nn.Module):
 
     def forward(self, samples, valid_indices, text_queries):
         """samples: padded video batch (.tensors [T, B, 3, H, W], .mask [T, B, H, W] True on padding);
-        valid_indices: LongTensor of the annotated frames; text_queries: B strings.
+        valid_indices: LongTensor of the annotated frames; text_queries: B strings, one per video.
 
         Returns {'pred_masks' [T', B, N, H/4, W/4], 'pred_is_referred' [T', B, N, 2], 'aux_outputs': [...]}.
         """
+        return self.decode(self.encode_video(samples, valid_indices), text_queries)
+
+    def encode_video(self, samples, valid_indices) -> VideoFeatures:
+        """The text-independent part of the network (the backbone is most of MTTR's compute): run it once per
+        video window and `decode` as many text queries against it as needed."""
         backbone_out = self.backbone(samples)
         valid_indices = valid_indices.to(samples.tensors.device)
-        for layer_out in backbone_out:  # only the annotated frames go on
-            layer_out.tensors = layer_out.tensors.index_select(0, valid_indices)
-            layer_out.mask = layer_out.mask.index_select(0, valid_indices)
-        vid_embeds, vid_pad_mask = backbone_out[-1].decompose()
+        # only the annotated frames go on
+        vid_embeds = backbone_out[-1].tensors.index_select(0, valid_indices)
+        vid_pad_mask = backbone_out[-1].mask.index_select(0, valid_indices)
         t, b = vid_embeds.shape[:2]
         vid_embeds = self.vid_embed_proj(rearrange(vid_embeds, 't b c h w -> (t b) c h w'))
         vid_embeds = rearrange(vid_embeds, '(t b) c h w -> t b c h w', t=t, b=b)
+        finer_features = [o.tensors.index_select(0, valid_indices) for o in backbone_out[:-1][::-1]]
+        return VideoFeatures(vid_embeds, vid_pad_mask, finer_features)
 
-        hs, vid_memory, _ = self.transformer(vid_embeds, vid_pad_mask, text_queries, self.obj_queries.weight)
-        # hs: [L, T', B, N, C]; vid_memory: [T', B, C, h, w]
+    def decode(self, video_features: VideoFeatures, text_queries, query_videos=None):
+        """Segment what each of Q text queries refers to in the videos `encode_video` encoded.
 
-        vid_memory = rearrange(vid_memory, 't b c h w -> (t b) c h w')
-        finer_features = [rearrange(o.tensors, 't b c h w -> (t b) c h w') for o in backbone_out[:-1][::-1]]
+        query_videos: LongTensor [Q], the index (0..B-1) of each query's video; None means query i refers to
+        video i (then Q must equal B), or, for a single encoded video, that every query refers to it.
+        The Q queries go through the transformer as one batch. Returns the dict `forward` returns, with Q in place
+        of B.
+        """
+        return self._decode(video_features, text_queries, query_videos, with_aux_outputs=self.aux_loss)
+
+    @torch.inference_mode()
+    def segment(self, samples, valid_indices, text_queries, query_videos=None, query_batch=None):
+        """Inference for many text queries on a video batch: the videos are encoded once, then the queries are
+        decoded `query_batch` at a time (None: all at once), so the memory the network needs is that of one
+        window and `query_batch` queries, whatever the number of queries.
+
+        samples and valid_indices as in `forward`; text_queries: Q strings; query_videos: as in `decode` (e.g.
+        None for one video and any number of queries). Runs under inference mode; put the model in eval() mode.
+
+        Returns the last decoder layer's {'pred_masks' [T', Q, N, H/4, W/4], 'pred_is_referred' [T', Q, N, 2]}
+        in float32 (also under autocast), queries in the order given.
+        """
+        if query_batch is not None and query_batch < 1:
+            raise ValueError(f'query_batch must be a positive number of queries or None, got {query_batch}')
+        num_queries, device = len(text_queries), samples.tensors.device
+        query_videos = _query_videos(query_videos, samples.tensors.shape[1], num_queries, device)
+        query_batch = query_batch or num_queries
+        if query_videos is None and query_batch < num_queries:
+            query_videos = torch.arange(num_queries, device=device)
+        video_features = self.encode_video(samples, valid_indices)
+        out = {}
+        for start in range(0, num_queries, query_batch):
+            chunk = slice(start, start + query_batch)
+            chunk_videos = None if query_videos is None else query_videos[chunk]
+            chunk_out = self._decode(video_features, text_queries[chunk], chunk_videos, with_aux_outputs=False)
+            for key in ('pred_masks', 'pred_is_referred'):
+                if key not in out:  # filled in place: no second copy of the results at the end
+                    shape = list(chunk_out[key].shape)
+                    shape[1] = num_queries
+                    out[key] = chunk_out[key].new_empty(shape, dtype=torch.float32)
+                out[key][:, chunk] = chunk_out[key]
+        return out
+
+    def _decode(self, video_features: VideoFeatures, text_queries, query_videos, with_aux_outputs):
+        query_videos = _query_videos(query_videos, video_features.num_videos, len(text_queries),
+                                     video_features.vid_embeds.device)
+
+        def per_query(tensor):  # [T', B, ...] -> [T', Q, ...]
+            if query_videos is None:
+                return tensor
+            if tensor.shape[1] == 1:  # a view, not a copy
+                return tensor.expand(tensor.shape[0], len(query_videos), *tensor.shape[2:])
+            return tensor.index_select(1, query_videos)
+
+        vid_embeds = per_query(video_features.vid_embeds)
+        t, q = vid_embeds.shape[:2]
+        hs, vid_memory, _ = self.transformer(vid_embeds, per_query(video_features.vid_pad_mask), text_queries,
+                                             self.obj_queries.weight)
+        # hs: [L, T', Q, N, C]; vid_memory: [T', Q, C, h, w]
+        if not with_aux_outputs:
+            hs = hs[-1:]
+
+        vid_memory = rearrange(vid_memory, 't q c h w -> (t q) c h w')
+        finer_features = [rearrange(per_query(f), 't q c h w -> (t q) c h w') for f in video_features.finer_features]
         decoded_frame_features = self.spatial_decoder(vid_memory, finer_features)
-        decoded_frame_features = rearrange(decoded_frame_features, '(t b) c h w -> t b c h w', t=t, b=b)
-        instance_kernels = self.instance_kernels_head(hs)  # [L, T', B, N, mask_kernels_dim]
-        output_masks = torch.einsum('ltbnc,tbchw->ltbnhw', instance_kernels, decoded_frame_features)
-        outputs_is_referred = self.is_referred_head(hs)  # [L, T', B, N, 2]
+        decoded_frame_features = rearrange(decoded_frame_features, '(t q) c h w -> t q c h w', t=t, q=q)
+        instance_kernels = self.instance_kernels_head(hs)  # [L, T', Q, N, mask_kernels_dim]
+        output_masks = torch.einsum('ltqnc,tqchw->ltqnhw', instance_kernels, decoded_frame_features)
+        outputs_is_referred = self.is_referred_head(hs)  # [L, T', Q, N, 2]
 
         layer_outputs = [{'pred_masks': pm, 'pred_is_referred': pir}
                          for pm, pir in zip(output_masks, outputs_is_referred)]
         out = layer_outputs[-1]
-        if self.aux_loss:
+        if with_aux_outputs:
             out['aux_outputs'] = layer_outputs[:-1]
         return out
 

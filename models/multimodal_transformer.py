@@ -1,6 +1,7 @@
 """The multimodal transformer: a DETR-style encoder over each frame's visual tokens followed by the text tokens,
 and a decoder whose object queries attend to that joint memory."""
 import copy
+import warnings
 from functools import lru_cache
 
 import torch
@@ -9,6 +10,16 @@ from einops import rearrange, repeat
 from torch import nn
 
 from models.position_encoding import PositionEmbeddingSine2D
+
+
+class TextQueryTruncatedWarning(UserWarning):
+    """A text query has more tokens than the text encoder has positions; only its first tokens are used."""
+
+
+def max_text_tokens(text_encoder_config) -> int:
+    """How many tokens (special tokens included) the text encoder takes. RoBERTa numbers positions from
+    padding_idx + 1, so roberta-base's 514 position embeddings hold 512 tokens."""
+    return text_encoder_config.max_position_embeddings - text_encoder_config.pad_token_id - 1
 
 
 def _with_pos(tensor, pos):
@@ -122,15 +133,19 @@ class MultimodalTransformer(nn.Module):
 
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
+        self.max_text_tokens = max_text_tokens(text_encoder.config)
         # every window of a video, and every epoch, asks again for the same queries
         self._tokenize = lru_cache(maxsize=4096)(self._tokenize_uncached)
+        self._warn_truncated = lru_cache(maxsize=4096)(self._warn_truncated_uncached)  # once per query
         self.freeze_text_encoder = freeze_text_encoder
         if freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
         self.txt_proj = FeatureResizer(text_encoder.config.hidden_size, d_model, dropout)
 
     def forward(self, vid_embeds, vid_pad_mask, text_queries, obj_queries):
-        """vid_embeds [T, B, C, H, W], vid_pad_mask [T, B, H, W], obj_queries [N, C].
+        """vid_embeds [T, B, C, H, W], vid_pad_mask [T, B, H, W], text_queries: B strings, obj_queries [N, C].
+        B counts text queries: several queries on one video come with that video's features repeated along B
+        (expanded, e.g. by `MTTR.decode`).
 
         Returns hs [num_decoder_layers, T, B, N, C], vid_memory [T, B, C, H, W] and txt_memory (a list of T*B
         tensors [S_i, C] without the text padding).
@@ -171,7 +186,20 @@ class MultimodalTransformer(nn.Module):
         return txt_memory, txt_pad_mask
 
     def _tokenize_uncached(self, text_queries):
-        """`(input_ids, attention_mask)` [B, S] of a tuple of queries, padded to the longest."""
+        """`(input_ids, attention_mask)` [B, S] of a tuple of queries, padded to the longest; a query longer than
+        the text encoder takes is cut to its first `max_text_tokens` tokens (with a warning)."""
         with torch.inference_mode(False):  # cached: must serve training as well as evaluation
-            tokenized = self.tokenizer(list(text_queries), padding='longest', return_tensors='pt')
+            tokenized = self.tokenizer(list(text_queries), padding='longest', truncation=True,
+                                       max_length=self.max_text_tokens, return_tensors='pt')
+        for query, num_tokens in zip(text_queries, tokenized['attention_mask'].sum(dim=1).tolist()):
+            if num_tokens == self.max_text_tokens:  # at the limit: maybe cut
+                self._warn_truncated(query)
         return tokenized['input_ids'], tokenized['attention_mask']
+
+    def _warn_truncated_uncached(self, query):
+        num_tokens = len(self.tokenizer(query, verbose=False)['input_ids'])
+        if num_tokens > self.max_text_tokens:
+            shown = query if len(query) <= 60 else query[:60] + '...'
+            warnings.warn(f'the text query {shown!r} has {num_tokens} tokens, more than the {self.max_text_tokens} '
+                          f'the text encoder takes: only its first {self.max_text_tokens} tokens are used',
+                          TextQueryTruncatedWarning, stacklevel=2)

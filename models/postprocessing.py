@@ -18,7 +18,7 @@ def _size(size) -> list:
     return [int(s) for s in size]
 
 
-def _binary_masks_at_input_size(mask_logits: Tensor, padded_size) -> Tensor:
+def binary_masks_at_input_size(mask_logits: Tensor, padded_size) -> Tensor:
     """[B, C, h, w] logits -> [B, C, H, W] bool at the padded input size."""
     mask_logits = F.interpolate(mask_logits.float(), size=_size(padded_size), mode='bilinear', align_corners=False)
     return mask_logits.sigmoid() > 0.5
@@ -52,7 +52,7 @@ class A2DSentencesPostProcess(nn.Module):
         Returns per frame {'scores': [N], 'masks': [N, 1, H0, W0] bool, 'rle_masks': N COCO RLE dicts}.
         """
         scores = outputs['pred_is_referred'].float().softmax(dim=-1)[..., 0]  # [F, N]
-        masks = _binary_masks_at_input_size(outputs['pred_masks'], resized_padded_sample_size)  # [F, N, H, W]
+        masks = binary_masks_at_input_size(outputs['pred_masks'], resized_padded_sample_size)  # [F, N, H, W]
         predictions = []
         for frame_scores, frame_masks, resized_size, original_size in zip(scores, masks, resized_sample_sizes,
                                                                          orig_sample_sizes):
@@ -78,7 +78,7 @@ class ReferYoutubeVOSPostProcess(nn.Module):
         chosen_queries = trajectory_scores.argmax(dim=-1)  # [B]
         pred_masks = rearrange(outputs['pred_masks'], 't b n h w -> b t n h w')
         pred_masks = pred_masks[torch.arange(len(chosen_queries)), :, chosen_queries]  # [B, T, h, w]
-        pred_masks = _binary_masks_at_input_size(pred_masks, samples_shape_with_padding)
+        pred_masks = binary_masks_at_input_size(pred_masks, samples_shape_with_padding)
         predictions = []
         for video_masks, metadata in zip(pred_masks, videos_metadata):
             video_masks = _crop_and_resize(video_masks, metadata['resized_frame_size'],
@@ -88,6 +88,7 @@ class ReferYoutubeVOSPostProcess(nn.Module):
 
 
 def build(config) -> nn.Module:
+    """The post-processing the original's `build_model` returns with the model (the evaluators build their own)."""
     if config.dataset_name in ('a2d_sentences', 'jhmdb_sentences'):
         return A2DSentencesPostProcess()
     if config.dataset_name == 'ref_youtube_vos':

@@ -338,13 +338,13 @@ def load_kinetics_weights(backbone: VideoSwinBackbone, path):
         raise KeyError(f'{path} does not match Video Swin-T: missing keys {missing}, unexpected keys {unexpected}')
 
 
-def build_backbone(backbone_pretrained: bool, backbone_pretrained_path: str, train_backbone: bool,
-                   load_pretrained: bool, swin_embed_dim: int = 96,
-                   swin_depths: Tuple[int, ...] = (2, 2, 6, 2), swin_num_heads: Tuple[int, ...] = (3, 6, 12, 24),
-                   swin_window_size: Tuple[int, ...] = (8, 7, 7),
+def build_backbone(*, pretrained: bool, pretrained_path: str, train_backbone: bool, embed_dim: int = 96,
+                   depths: Tuple[int, ...] = (2, 2, 6, 2), num_heads: Tuple[int, ...] = (3, 6, 12, 24),
+                   window_size: Tuple[int, ...] = (8, 7, 7),
                    activation_checkpointing: bool = False) -> VideoSwinBackbone:
-    backbone = VideoSwinBackbone(swin_embed_dim, tuple(swin_depths), tuple(swin_num_heads), tuple(swin_window_size),
+    """The backbone, with the Kinetics-400 weights read from `pretrained_path` when `pretrained`."""
+    backbone = VideoSwinBackbone(embed_dim, tuple(depths), tuple(num_heads), tuple(window_size),
                                  train_backbone=train_backbone, activation_checkpointing=activation_checkpointing)
-    if backbone_pretrained and load_pretrained:
-        load_kinetics_weights(backbone, backbone_pretrained_path)
+    if pretrained:
+        load_kinetics_weights(backbone, pretrained_path)
     return backbone

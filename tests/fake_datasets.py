@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from config import Config
-from datasets.files import write_mp4
+from datasets.video import write_mp4
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 FRAME_WIDTH, FRAME_HEIGHT = 96, 64

@@ -86,7 +86,7 @@ def test_unreadable_video_names_the_file(tmp_path):
 def test_sample_list(fake, tmp_path, image_set):
     dataset = build_dataset(image_set, **a2d_config(fake.root, tmp_path))
     assert dataset.samples == fake.samples[image_set]
-    assert len(dataset) == {'train': 6, 'test': 3}[image_set]
+    assert len(dataset.samples) == {'train': 6, 'test': 3}[image_set]
     videos = {s[1] for s in dataset.samples}
     assert 'missedvid01' not in videos
     assert all(A2D_VIDEOS[v][0] == (image_set == 'test') for v in videos)
@@ -151,7 +151,22 @@ def test_resize_to_train_sizes(fake, tmp_path):
 def test_old_readme_video_folder_is_accepted(tmp_path):
     fake = make_a2d_dataset(tmp_path / 'a2d', video_folder='CLIPS320')
     dataset = build_dataset('test', **a2d_config(fake.root, tmp_path / 'cache'))
-    assert [frame_index(f) for f in dataset[0][0]] == expected_window(4, 16)
+    assert [frame_index(f) for f in dataset[0][0]] == expected_window(dataset.samples[0][2], 16)
+
+
+def test_test_items_hold_every_query_of_an_annotated_frame(fake, tmp_path):
+    dataset = build_dataset('test', **a2d_config(fake.root, tmp_path))
+    assert dataset.items == [[0, 1], [2]]  # testvid0001 frame 4 (instances 2 and 5), frame 12 (instance 5)
+    video, targets, queries = dataset[0]
+    assert [frame_index(f) for f in video] == expected_window(4, 16)
+    assert queries == ['red car', 'blue car on the left']
+    assert [t[WINDOW // 2]['image_id'] for t in targets] == ['v_testvid0001_f_4_i_2', 'v_testvid0001_f_4_i_5']
+    assert [t[WINDOW // 2]['referred_instance_idx'].item() for t in targets] == [0, 1]
+    batch = dataset.collator([dataset[0], dataset[1]])
+    assert batch['samples'].tensors.shape[1] == 2 and batch['query_videos'].tolist() == [0, 0, 1]
+    assert batch['valid_indices'].tolist() == [WINDOW // 2]
+    assert [t['image_id'] for t in batch['targets'][WINDOW // 2]] == [
+        'v_testvid0001_f_4_i_2', 'v_testvid0001_f_4_i_5', 'v_testvid0001_f_12_i_5']
 
 
 def test_collated_batch(fake, tmp_path):

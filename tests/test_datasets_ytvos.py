@@ -136,24 +136,29 @@ def test_train_sample_list_cache(fake_copy, tmp_path, monkeypatch):
 
 def test_valid_is_valid_minus_test_videos(fake, tmp_path):
     dataset = build_dataset('test', **ytvos_config(fake.root, tmp_path))
-    assert [(s[0], s[2]) for s in dataset.samples] == [('validvidA', '0'), ('validvidA', '1'),
-                                                       ('validvidB', '0'), ('validvidB', '1')]
-    assert dataset.samples[1][3] == 'a second expression'
+    assert [(s[0], [e for e, _ in s[2]]) for s in dataset.samples] == [('validvidA', ['0', '1']),
+                                                                       ('validvidB', ['0', '1'])]
+    assert dataset.samples[0][2][1] == ('1', 'a second expression')
 
 
-def test_eval_item_is_the_whole_video_with_its_metadata(fake, tmp_path):
+def test_eval_item_is_the_whole_video_with_all_its_expressions(fake, tmp_path):
     dataset = build_dataset('test', **ytvos_config(fake.root, tmp_path, eval_short_size=32, eval_max_size=1000))
-    video, targets, text_query, metadata = dataset[0]
+    video, targets, text_queries, metadata = dataset[0]
     assert video.shape == (5, 3, 32, 48)
     assert [frame_index(f) for f in video] == [0, 1, 2, 3, 4]
-    assert targets == [None] * 5
-    assert metadata == {'video_id': 'validvidA', 'exp_id': '0', 'frame_indices': ytvos_frame_names(5),
-                        'original_frame_size': (64, 96), 'resized_frame_size': (32, 48)}
-    batch = dataset.collator([dataset[0], dataset[2]])  # 5 and 3 frames
+    assert targets == [[None] * 5, [None] * 5]
+    assert text_queries == ['the thing in validvida', 'a second expression']
+    assert metadata == [{'video_id': 'validvidA', 'exp_id': exp_id, 'frame_indices': ytvos_frame_names(5),
+                         'original_frame_size': (64, 96), 'resized_frame_size': (32, 48)} for exp_id in '01']
+    batch = dataset.collator([dataset[0], dataset[1]])  # 5 and 3 frames
     assert batch['samples'].tensors.shape == (5, 2, 3, 32, 48)
     assert batch['samples'].mask[3:, 1].all() and not batch['samples'].mask[:3, 1].any()
-    assert [m['video_id'] for m in batch['videos_metadata']] == ['validvidA', 'validvidB']
-    assert batch['text_queries'] == ('the thing in validvida', 'the thing in validvidb')
+    assert [(m['video_id'], m['exp_id']) for m in batch['videos_metadata']] == [
+        ('validvidA', '0'), ('validvidA', '1'), ('validvidB', '0'), ('validvidB', '1')]
+    assert batch['query_videos'].tolist() == [0, 0, 1, 1]
+    assert batch['text_queries'] == ('the thing in validvida', 'a second expression', 'the thing in validvidb',
+                                     'a second expression')
+    assert batch['valid_indices'].tolist() == [0, 1, 2, 3, 4]  # every frame, without targets
 
 
 def test_valid_video_ids_file_replaces_the_missing_test_file(tmp_path):
@@ -167,7 +172,7 @@ def test_valid_video_ids_file_replaces_the_missing_test_file(tmp_path):
     ids_path = tmp_path / 'valid_ids.txt'
     ids_path.write_text('validvidB\nvalidvidA\n')
     dataset = build_dataset('test', **ytvos_config(fake.root, tmp_path, valid_video_ids_path=str(ids_path)))
-    assert [s[0] for s in dataset.samples] == ['validvidA', 'validvidA', 'validvidB', 'validvidB']
+    assert [s[0] for s in dataset.samples] == ['validvidA', 'validvidB']
 
     ids_path.write_text('validvidA\nnot_a_video\n')
     with pytest.raises(ValueError, match=r'valid_ids.txt: 1 video ids are not in .*valid/meta_expressions.json'):
@@ -208,7 +213,7 @@ def test_unreadable_frame_names_the_file(fake_copy, tmp_path):
     dataset = build_dataset('test', **ytvos_config(fake_copy, tmp_path))
     (fake_copy / 'valid' / 'JPEGImages' / 'validvidB' / '00005.jpg').write_bytes(b'garbage')
     with pytest.raises(RuntimeError, match='cannot read the frame .*validvidB/00005.jpg'):
-        dataset[2]
+        dataset[1]
 
 
 def test_train_expression_without_obj_id(fake_copy, tmp_path):
@@ -257,10 +262,11 @@ def test_real_valid_file_needs_the_test_file_or_valid_ids(real_valid, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('error', SubsetWarning)  # 507 listed, 202 valid: the full dataset's counts
         dataset = build_dataset('test', **ytvos_config(root, tmp_path, valid_video_ids_path=str(ids_path)))
-    expected = [(v, sorted(videos[v]['frames']), e, ' '.join(x['exp'].lower().split()))
-                for v in valid_ids for e, x in videos[v]['expressions'].items()]
+    expected = [(v, sorted(videos[v]['frames']), [(e, ' '.join(x['exp'].lower().split()))
+                                                  for e, x in videos[v]['expressions'].items()])
+                for v in valid_ids]
     assert dataset.samples == expected
-    assert len({s[0] for s in dataset.samples}) == 202
+    assert len(dataset) == 202  # one item per video
 
 
 def test_real_valid_file_with_a_test_file(real_valid, tmp_path):
@@ -271,5 +277,4 @@ def test_real_valid_file_with_a_test_file(real_valid, tmp_path):
     (test_root / 'meta_expressions' / 'test' / 'meta_expressions.json').write_text(
         json.dumps({'videos': {v: videos[v] for v in test_ids}}))
     dataset = build_dataset('test', **ytvos_config(test_root, tmp_path))
-    assert [s[0] for s in dataset.samples] == [v for v in videos if v not in set(test_ids)
-                                                for _ in videos[v]['expressions']]
+    assert [s[0] for s in dataset.samples] == [v for v in videos if v not in set(test_ids)]

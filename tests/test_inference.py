@@ -16,8 +16,9 @@ from PIL import Image
 
 import inference
 from config import load_config
-from datasets import files
-from inference import choose_object_query, select_frames, window_layout
+from datasets import video as video_io
+from datasets.video import select_frames, window_layout
+from inference import choose_object_query
 from models import build_network
 from utils import save_checkpoint
 
@@ -65,7 +66,7 @@ def video_frames(num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH):
 
 
 def write_mp4(path, frames, fps=FPS):
-    return files.write_mp4(path, frames, rate=fps)
+    return video_io.write_mp4(path, frames, rate=fps)
 
 
 def read_mp4(path):

@@ -20,7 +20,7 @@ import main
 import trainer
 from config import load_config
 from tests.fake_datasets import SMALL_FRAME_SIZES, make_a2d_dataset, make_ref_youtube_vos_dataset
-from tools.make_submission_zip import check_submission_zip
+from datasets.submission import check_submission_zip
 
 REPO = Path(__file__).resolve().parents[1]
 A2D_CONFIG = REPO / 'configs' / 'a2d_sentences.yaml'
@@ -308,10 +308,10 @@ def test_resume_needs_a_checkpoint_of_a_training_run(trained_run, setup, tmp_pat
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(setup, tmp_path, monkeypatch, capsys):
-    build_model = trainer.build_model
+    build = trainer.build_network_and_criterion
 
     def build_with_failing_criterion(config):
-        model, criterion, postprocessor = build_model(config)
+        model, criterion = build(config)
         forward = criterion.forward
         calls = []
 
@@ -322,9 +322,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(setup,
                 losses['loss_dice'] = losses['loss_dice'] * float('nan')
             return losses
         criterion.forward = failing
-        return model, criterion, postprocessor
+        return model, criterion
 
-    monkeypatch.setattr(trainer, 'build_model', build_with_failing_criterion)
+    monkeypatch.setattr(trainer, 'build_network_and_criterion', build_with_failing_criterion)
     run_dir = tmp_path / 'run'
     assert main.main(list(map(str, train_args(setup, run_dir)))) == 2
     error = capsys.readouterr().err

@@ -67,9 +67,30 @@ def test_perfect_predictions_give_ap_one(counts_as_str):
 
 def test_result_names_are_the_published_ones():
     metrics = compute_referring_metrics(make_coco_gt([box(0, 0, 5, 5)]), [], verbose=False)
-    assert list(metrics) == ['mAP 0.5:0.95', 'AP 0.5', 'AP 0.75', 'AP 0.5:0.95 S', 'AP 0.5:0.95 M',
-                             'AP 0.5:0.95 L', 'P@0.5', 'P@0.6', 'P@0.7', 'P@0.8', 'P@0.9', 'overall_iou', 'mean_iou']
+    ap_names = ['mAP 0.5:0.95', 'AP 0.5', 'AP 0.75', 'AP 0.5:0.95 S', 'AP 0.5:0.95 M', 'AP 0.5:0.95 L']
+    assert list(metrics) == ap_names + [f'{name} top-1' for name in ap_names] + [
+        'P@0.5', 'P@0.6', 'P@0.7', 'P@0.8', 'P@0.9', 'overall_iou', 'mean_iou']
     assert tuple(metrics)[:6] == AP_NAMES
+    without = compute_referring_metrics(make_coco_gt([box(0, 0, 5, 5)]), [], verbose=False, precision_and_iou=False)
+    assert list(without) == ap_names + [f'{name} top-1' for name in ap_names]
+
+
+def test_top1_protocol_scores_only_each_frames_top_mask():
+    # Image 1: its only mask is right (score 0.9). Image 2: a wrong mask scored 0.7 above the right one (0.6).
+    # Every mask (the paper's protocol), ranked: TP 0.9, FP 0.7, TP 0.6 -> (precision, recall) (1, 1/2),
+    # (1/2, 1/2), (2/3, 1). COCO interpolates at 101 recalls: 1 up to recall 0.50 (51 points), 2/3 above
+    # (50 points): AP = (51 + 50 * 2/3) / 101 at every IoU threshold.
+    # Top-1: TP 0.9, FP 0.7 -> recall at most 1/2: AP = 51 / 101.
+    gt_masks = [box(0, 0, 6, 6), box(8, 8, 6, 6)]
+    predictions = [prediction(0, gt_masks[0], 0.9), prediction(1, box(0, 12, 6, 6), 0.7),
+                   prediction(1, gt_masks[1], 0.6)]
+    metrics = compute_referring_metrics(make_coco_gt(gt_masks), predictions, verbose=False)
+    assert metrics['mAP 0.5:0.95'] == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert metrics['AP 0.5'] == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert metrics['mAP 0.5:0.95 top-1'] == pytest.approx(51 / 101)
+    assert metrics['AP 0.75 top-1'] == pytest.approx(51 / 101)
+    # precision@K and IoU were top-1 already: image 1 IoU 1, image 2 IoU 0
+    assert metrics['P@0.5'] == 0.5 and metrics['mean_iou'] == 0.5
 
 
 def test_wrong_predictions_give_zero():
@@ -108,6 +129,7 @@ def test_ap_ranks_predictions_by_score_while_precision_uses_the_top_one():
     assert metrics['mAP 0.5:0.95'] == pytest.approx(0.5)
     assert metrics['AP 0.5'] == pytest.approx(0.5)
     assert metrics['P@0.5'] == 0 and metrics['mean_iou'] == 0
+    assert metrics['mAP 0.5:0.95 top-1'] == 0  # only the wrong, top-scored mask counts
 
 
 def test_predictions_are_not_modified():

@@ -65,10 +65,10 @@ def test_flip_swaps_masks_frames_and_words():
 
 
 def test_no_flip_when_disabled_or_evaluating():
-    transforms = build_transforms('test', True, True, 64, 96, 64, 96)
-    assert not transforms.horizontal_flip
-    assert not build_transforms('train', True, False, 64, 96, 64, 96).horizontal_flip
-    assert build_transforms('train', True, True, 64, 96, 64, 96).horizontal_flip
+    sizes = dict(train_short_size=64, train_max_size=96, eval_short_size=64, eval_max_size=96)
+    assert not build_transforms('test', **sizes, resize_frames=True, horizontal_flip=True).horizontal_flip
+    assert not build_transforms('train', **sizes, resize_frames=True, horizontal_flip=False).horizontal_flip
+    assert build_transforms('train', **sizes, resize_frames=True, horizontal_flip=True).horizontal_flip
 
 
 def test_resize_frames_and_masks_nearest():
@@ -86,7 +86,8 @@ def test_resize_frames_and_masks_nearest():
 
 def test_eval_sizes_are_used_for_test():
     frames, targets = video_sample(width=96, height=64)
-    video, targets, _ = build_transforms('test', True, True, 32, 48, 16, 1000)(frames, targets, 'q')
+    video, targets, _ = build_transforms('test', resize_frames=True, horizontal_flip=True, train_short_size=32,
+                                         train_max_size=48, eval_short_size=16, eval_max_size=1000)(frames, targets, 'q')
     assert video.shape[-2:] == (16, 24) and targets[1]['size'].tolist() == [16, 24]
 
 

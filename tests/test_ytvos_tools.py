@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets.refer_youtube_vos import read_meta_expressions
+from datasets.submission import check_submission_zip, expected_mask_names, write_submission_zip
 from tools.evaluate_refer_youtube_vos import evaluate_refer_youtube_vos, main as evaluate_main
-from tools.make_submission_zip import (check_submission_zip, expected_mask_names, load_meta_expressions,
-                                       main as submission_main, write_submission_zip)
+from tools.make_submission_zip import main as submission_main
 
 H, W = 20, 24  # diagonal 31.2: boundary tolerance ceil(0.008 * 31.2) = 1 pixel
 
@@ -273,7 +274,7 @@ def test_real_valid_meta_file(shared_dir, tmp_path):
     meta_path = shared_dir / 'data' / 'real' / 'refer_youtube_vos' / 'meta_expressions' / 'valid' / 'meta_expressions.json'
     if not meta_path.is_file():
         pytest.skip(f'{meta_path} is absent')
-    videos = load_meta_expressions(meta_path)
+    videos = read_meta_expressions(meta_path)
     assert len(videos) == 507
     assert not any('obj_id' in expression for entry in videos.values() for expression in entry['expressions'].values())
     names = expected_mask_names(videos)

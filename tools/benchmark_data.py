@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.a2d_sentences import A2DSentencesDataset, ClipReader  # noqa: E402
 from datasets.transforms import build_transforms  # noqa: E402
 from tests.fake_datasets import make_a2d_dataset  # noqa: E402
-from datasets.files import write_mp4  # noqa: E402
+from datasets.video import write_mp4  # noqa: E402
 
 WIDTH, HEIGHT, NUM_FRAMES, RATE = 428, 320, 150, 30
 VIDEO_ID = 'benchvid001'
@@ -86,7 +86,8 @@ def main():
         clip_path.parent.mkdir(parents=True)
         write_clip(clip_path, gop=None)
         # resize and normalise as in training, without the random flip so both readers' samples can be compared
-        transforms = build_transforms('test', True, False, 320, 576, 320, 576)
+        transforms = build_transforms('test', resize_frames=True, horizontal_flip=False, train_short_size=320,
+                                      train_max_size=576, eval_short_size=320, eval_max_size=576)
         dataset = A2DSentencesDataset('train', str(root), args.window_size, transforms, str(Path(tmp) / 'cache'))
 
         print(f'A2D-Sentences loading, {WIDTH}x{HEIGHT}, {NUM_FRAMES} frames, window {args.window_size}, '

@@ -26,7 +26,8 @@ if __package__ in (None, ''):
     # Run as a script (`python tools/evaluate_refer_youtube_vos.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metrics import db_eval_boundary, db_eval_iou  # noqa: E402
-from tools.make_submission_zip import PredictionMasks, load_meta_expressions  # noqa: E402
+from datasets.refer_youtube_vos import read_meta_expressions  # noqa: E402
+from datasets.submission import PredictionMasks  # noqa: E402
 from utils import atomic_write  # noqa: E402
 
 GT_LAYOUT = ('the Refer-YouTube-VOS train layout: <root>/train/Annotations/<video>/<frame>.png, palette PNGs '
@@ -45,7 +46,7 @@ def evaluate_refer_youtube_vos(predictions, annotations_dir, meta_path, videos: 
     annotations_dir = Path(annotations_dir)
     if not annotations_dir.is_dir():
         raise FileNotFoundError(f'ground-truth annotations folder not found: {annotations_dir} (expected {GT_LAYOUT})')
-    meta = _select_videos(load_meta_expressions(meta_path), videos, meta_path)
+    meta = _select_videos(read_meta_expressions(meta_path), videos, meta_path)
     num_expressions = sum(len(entry['expressions']) for entry in meta.values())
 
     per_expression: Dict[str, Dict[str, float]] = {}

@@ -1,0 +1,94 @@
+"""The evaluator of A2D-Sentences and JHMDB-Sentences: COCO mask mAP, precision@K and IoU, evaluation pictures."""
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+import metrics
+from models.postprocessing import A2DSentencesPostProcess, binary_masks_at_input_size
+from utils import all_gather_lists, is_main_process
+from .evaluator import Evaluator
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .video import draw_overlay
+
+PICTURE_MIN_HEIGHT = 240
+
+
+class ReferringCOCOEvaluator(Evaluator):
+    """Every object query's mask of every annotated frame is one scored prediction (the paper's protocol, as the
+    original: `mAP 0.5:0.95` ...), scored by pycocotools against the dataset's COCO-format ground truth; P@K and
+    IoU use each frame's top-scored mask (`metrics.compute_referring_metrics`). Up to `num_pictures` samples are
+    drawn into `pictures_dir`: the top-scored mask beside the ground truth."""
+    best_metric = 'mAP 0.5:0.95'
+    higher_is_better = True
+    checkpoint_key = 'best_mAP'
+
+    def __init__(self, coco_gt_path: Path, pictures_dir: Path, num_pictures: int,
+                 precision_and_iou: bool = True):
+        self.coco_gt_path = coco_gt_path
+        self.pictures_dir = pictures_dir
+        self.pictures_left = num_pictures if is_main_process() else 0
+        self.precision_and_iou = precision_and_iou
+        self.postprocessor = A2DSentencesPostProcess()
+        self.predictions = []
+
+    def update(self, batch, outputs):
+        valid_indices = batch['valid_indices'].tolist()
+        targets = [batch['targets'][i] for i in valid_indices]  # per valid frame, per query
+        if self.pictures_left > 0:
+            self._save_pictures(batch, outputs, targets[0])
+        flat_outputs = {key: outputs[key].flatten(0, 1) for key in ('pred_masks', 'pred_is_referred')}
+        flat_targets = [target for frame in targets for target in frame]
+        processed = self.postprocessor(flat_outputs, batch['samples'].tensors.shape[-2:],
+                                       [t['size'] for t in flat_targets], [t['orig_size'] for t in flat_targets])
+        for frame, target in zip(processed, flat_targets):
+            for score, rle in zip(frame['scores'].tolist(), frame['rle_masks']):
+                self.predictions.append({'image_id': target['image_id'], 'category_id': 1, 'segmentation': rle,
+                                         'score': score})
+
+    def summarize(self) -> Optional[dict]:
+        predictions = all_gather_lists(self.predictions)
+        if not is_main_process():
+            return None
+        coco_gt = metrics.read_coco_ground_truth(self.coco_gt_path)
+        return metrics.compute_referring_metrics(coco_gt, predictions, verbose=False,
+                                                 precision_and_iou=self.precision_and_iou)
+
+    def describe(self, metrics):
+        shown = [key for key in ('mAP 0.5:0.95', 'P@0.5', 'mean_iou', 'overall_iou') if key in metrics]
+        return ', '.join(f'{key} {metrics[key]:.4f}' for key in shown)
+
+    def _save_pictures(self, batch, outputs, targets):
+        """The annotated frame (the first valid one) of each query: its top-scored mask (left) and the ground truth
+        (right), the query above."""
+        self.pictures_dir.mkdir(parents=True, exist_ok=True)
+        samples = batch['samples']
+        mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+        frame_position = batch['valid_indices'][0].item()
+        for q, target in enumerate(targets[:self.pictures_left]):
+            h, w = target['size'].tolist()
+            video = batch['query_videos'][q].item()
+            frame = ((samples.tensors[frame_position, video].cpu() * std + mean).clamp(0, 1) * 255).byte()
+            image = Image.fromarray(frame.permute(1, 2, 0)[:h, :w].numpy())
+            referred = outputs['pred_is_referred'][0, q].softmax(-1)[:, 0]  # [N]
+            best = referred.argmax().item()
+            predicted = binary_masks_at_input_size(outputs['pred_masks'][0, q, best][None, None],
+                                                   samples.tensors.shape[-2:])[0, 0, :h, :w].cpu().numpy()
+            truth = target['masks'][target['referred_instance_idx']].cpu().numpy()
+            scale = -(-PICTURE_MIN_HEIGHT // h)  # small frames are enlarged so the caption stays readable
+            if scale > 1:
+                image = image.resize((w * scale, h * scale), Image.NEAREST)
+                predicted, truth = (m.repeat(scale, 0).repeat(scale, 1) for m in (predicted, truth))
+            caption = f'prediction ({referred[best]:.2f}): {batch["text_queries"][q]}'
+            panels = [draw_overlay(image, predicted, caption, (0, 200, 0)),
+                      draw_overlay(image, truth, 'ground truth', (230, 40, 40))]
+            name = str(target['image_id']).replace('/', '_')
+            Image.fromarray(np.concatenate(panels, axis=1)).save(self.pictures_dir / f'{name}.png')
+            self.pictures_left -= 1
+
+
+def build_coco_evaluator(config, dataset, run_dir: Path, epoch: int) -> ReferringCOCOEvaluator:
+    return ReferringCOCOEvaluator(dataset.coco_gt_path, run_dir / 'pictures' / f'epoch_{epoch}', config.eval_pictures,
+                                  precision_and_iou=config.calculate_precision_and_iou_metrics)
