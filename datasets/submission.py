@@ -89,9 +89,10 @@ class PredictionMasks:
         self.close()
 
 
-def write_submission_zip(predictions_dir, zip_path) -> Path:
+def write_submission_zip(predictions_dir, zip_path, archive_dir: Optional[str] = ANNOTATIONS_DIR) -> Path:
     """Zip the masks `<predictions_dir>[/Annotations]/<video>/<exp_id>/<frame>.png` as
-    `Annotations/<video>/<exp_id>/<frame>.png`, the layout the server expects. Returns the zip path.
+    `<archive_dir>/<video>/<exp_id>/<frame>.png` (Refer-YouTube-VOS's server expects `Annotations/`; None puts the
+    video folders at the zip's root, as MeViS's server expects). Returns the zip path.
 
     The zip is written beside its final path and renamed into place, so an interrupted run leaves no
     half-written submission behind.
@@ -103,13 +104,14 @@ def write_submission_zip(predictions_dir, zip_path) -> Path:
     root = nested if nested.is_dir() else predictions_dir
     masks = sorted(p for p in root.glob('*/*/*.png') if p.is_file())
     if not masks:
-        raise FileNotFoundError(f'no masks in {root} (expected {predictions_dir}/{ANNOTATIONS_DIR}/'
+        raise FileNotFoundError(f'no masks in {root} (expected {predictions_dir}/[{ANNOTATIONS_DIR}/]'
                                 '<video>/<exp_id>/<frame>.png)')
+    prefix = f'{archive_dir}/' if archive_dir else ''
 
     def write(f):
         with zipfile.ZipFile(f, 'w', zipfile.ZIP_DEFLATED) as archive:
             for mask in masks:
-                archive.write(mask, f'{ANNOTATIONS_DIR}/{mask.relative_to(root).as_posix()}')
+                archive.write(mask, f'{prefix}{mask.relative_to(root).as_posix()}')
 
     atomic_write(zip_path, write)
     return Path(zip_path)
