@@ -4,7 +4,10 @@
                                           checkpoint='refer-youtube-vos_window-12.pth.tar')
 
 Each entry point builds the network of the paper in eval mode, loads the weights (with weights_only=True) and
-returns `(model, postprocessor)`, as the original's hubconf does. `checkpoint` is a local file, or a URL that is
+returns `(model, postprocessor)`, as the original's hubconf does. Besides `model(samples, valid_indices, queries)`
+(one query per video), `model.segment(samples, valid_indices, queries)` segments one video for any number of
+queries in one call, encoding it once; the Refer-YouTube-VOS post-processor then takes one metadata dict per
+query. `checkpoint` is a local file, or a URL that is
 fetched into torch.hub's cache; without `checkpoint`, `download=True` fetches the official file (the URLs in
 OFFICIAL_CHECKPOINT_URLS) and `download=False`, the default, raises an error that gives the URL. The text
 encoder's weights come from the checkpoint, so only roberta-base's config and tokenizer are needed: pass

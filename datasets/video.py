@@ -5,6 +5,7 @@ Used by video inference (inference.py, demo.py), by the evaluation pictures and 
 """
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -222,6 +223,17 @@ def write_mp4(path, frames: Iterable[np.ndarray], rate: float, pix_fmt: Optional
         for frame in itertools.chain([first], frames):
             writer.write(frame)
     return path
+
+
+def query_folder_name(index: int, query: str) -> str:
+    """The folder of a text query's results: `<nn>_<the-query-s-words>` (a safe name whatever the query)."""
+    slug = re.sub(r'[^a-z0-9]+', '-', query.lower()).strip('-')[:60].rstrip('-')
+    return f'{index:02d}_{slug or "query"}'
+
+
+def write_mask_png(path, mask: np.ndarray):
+    """A binary mask `[H, W]` (0/1 or bool) as a single-channel 0/255 PNG."""
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
 def draw_overlay(image: Image.Image, mask: np.ndarray, caption: str, colour) -> np.ndarray:

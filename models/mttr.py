@@ -43,6 +43,11 @@ def _query_videos(query_videos, num_videos, num_queries, device) -> Optional[Ten
     return query_videos
 
 
+def _check_query_batch(query_batch):
+    if query_batch is not None and query_batch < 1:
+        raise ValueError(f'query_batch must be a positive number of queries or None, got {query_batch}')
+
+
 class MLP(nn.Module):
     """A few fully connected layers with ReLU between them."""
 
@@ -106,8 +111,7 @@ class MTTR(nn.Module):
     @torch.inference_mode()
     def segment(self, samples, valid_indices, text_queries, query_videos=None, query_batch=None):
         """Inference for many text queries on a video batch: the videos are encoded once, then the queries are
-        decoded `query_batch` at a time (None: all at once), so the memory the network needs is that of one
-        window and `query_batch` queries, whatever the number of queries.
+        decoded `query_batch` at a time (None: all at once; see `decode_in_chunks`).
 
         samples and valid_indices as in `forward`; text_queries: Q strings; query_videos: as in `decode` (e.g.
         None for one video and any number of queries). Runs under inference mode; put the model in eval() mode.
@@ -115,26 +119,36 @@ class MTTR(nn.Module):
         Returns the last decoder layer's {'pred_masks' [T', Q, N, H/4, W/4], 'pred_is_referred' [T', Q, N, 2]}
         in float32 (also under autocast), queries in the order given.
         """
-        if query_batch is not None and query_batch < 1:
-            raise ValueError(f'query_batch must be a positive number of queries or None, got {query_batch}')
-        num_queries, device = len(text_queries), samples.tensors.device
-        query_videos = _query_videos(query_videos, samples.tensors.shape[1], num_queries, device)
-        query_batch = query_batch or num_queries
-        if query_videos is None and query_batch < num_queries:
-            query_videos = torch.arange(num_queries, device=device)
+        _check_query_batch(query_batch)
+        _query_videos(query_videos, samples.tensors.shape[1], len(text_queries), samples.tensors.device)  # (early)
         video_features = self.encode_video(samples, valid_indices)
         out = {}
+        for chunk, chunk_out in self.decode_in_chunks(video_features, text_queries, query_videos, query_batch):
+            for key, value in chunk_out.items():
+                if key not in out:  # filled in place: no second copy of the results at the end
+                    shape = list(value.shape)
+                    shape[1] = len(text_queries)
+                    out[key] = value.new_empty(shape)
+                out[key][:, chunk] = value
+        return out
+
+    @torch.inference_mode()
+    def decode_in_chunks(self, video_features: VideoFeatures, text_queries, query_videos=None, query_batch=None):
+        """Yields `(chunk, outputs)` for the queries `text_queries[chunk]`, `query_batch` at a time (None: all at
+        once): the last decoder layer's `pred_masks` [T', q, N, H/4, W/4] and `pred_is_referred` [T', q, N, 2] in
+        float32. The memory the decoding needs is that of `query_batch` queries, whatever their number."""
+        _check_query_batch(query_batch)
+        num_queries = len(text_queries)
+        query_videos = _query_videos(query_videos, video_features.num_videos, num_queries,
+                                     video_features.vid_embeds.device)
+        query_batch = query_batch or num_queries
+        if query_videos is None and query_batch < num_queries:  # (None pairs query i with video i)
+            query_videos = torch.arange(num_queries, device=video_features.vid_embeds.device)
         for start in range(0, num_queries, query_batch):
             chunk = slice(start, start + query_batch)
             chunk_videos = None if query_videos is None else query_videos[chunk]
             chunk_out = self._decode(video_features, text_queries[chunk], chunk_videos, with_aux_outputs=False)
-            for key in ('pred_masks', 'pred_is_referred'):
-                if key not in out:  # filled in place: no second copy of the results at the end
-                    shape = list(chunk_out[key].shape)
-                    shape[1] = num_queries
-                    out[key] = chunk_out[key].new_empty(shape, dtype=torch.float32)
-                out[key][:, chunk] = chunk_out[key]
-        return out
+            yield chunk, {key: chunk_out[key].float() for key in ('pred_masks', 'pred_is_referred')}
 
     def _decode(self, video_features: VideoFeatures, text_queries, query_videos, with_aux_outputs):
         query_videos = _query_videos(query_videos, video_features.num_videos, len(text_queries),

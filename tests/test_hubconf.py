@@ -53,6 +53,24 @@ def test_refer_youtube_vos_from_a_local_checkpoint(tiny, no_download):
     assert prediction['pred_masks'].shape == (3, 1, 100, 150)
 
 
+def test_the_hub_model_segments_one_video_for_several_queries_in_one_call(tiny, no_download):
+    checkpoint, kwargs = tiny
+    model, postprocessor = torch.hub.load(str(REPO), 'mttr_refer_youtube_vos', source='local',
+                                          checkpoint=checkpoint, **kwargs)
+    samples = NestedTensor(torch.randn(3, 1, 3, 64, 96), torch.zeros(3, 1, 64, 96, dtype=torch.bool))
+    queries = ['the red box', 'the background', 'a box on the left']
+    outputs = model.segment(samples, torch.arange(3), queries)  # the video encoded once
+    metadata = {'resized_frame_size': (64, 96), 'original_frame_size': (100, 150)}
+    predictions = postprocessor(outputs, [metadata] * len(queries), (64, 96))
+    assert [p['pred_masks'].shape for p in predictions] == [(3, 1, 100, 150)] * 3
+    for index, query in enumerate(queries):
+        with torch.inference_mode():
+            alone = model(samples, torch.arange(3), [query])
+        for key in ('pred_masks', 'pred_is_referred'):
+            error = (outputs[key][:, index] - alone[key][:, 0]).abs().max() / alone[key].abs().max()
+            assert error <= 1e-5, (query, key)
+
+
 @pytest.mark.parametrize('entry_point', ['mttr_a2d_sentences_window10', 'mttr_a2d_sentences_window8'])
 def test_a2d_sentences_entry_points(tiny, no_download, entry_point):
     checkpoint, kwargs = tiny

@@ -18,7 +18,7 @@ import inference
 from config import load_config
 from datasets import video as video_io
 from datasets.video import select_frames, window_layout
-from inference import choose_object_query
+from models.video_segmenter import choose_object_query
 from models import build_network
 from utils import save_checkpoint
 
@@ -93,7 +93,7 @@ def run(setup, video, out_dir, *queries, extra=()):
     for item in overrides:
         argv += ['--set', item]
     inference.main(argv + [str(a) for a in extra])
-    return [out_dir / inference.query_folder_name(i, q) for i, q in enumerate(queries)]
+    return [out_dir / video_io.query_folder_name(i, q) for i, q in enumerate(queries)]
 
 
 def fails_with(setup, capsys, video, *queries, extra=()):
@@ -214,6 +214,39 @@ def test_frame_folder_with_two_queries(setup):
         assert [w['frames'] for w in read_scores(query_dir)['windows']] == [[0, 4], [3, 7]]
     first, second = (np.load(d / 'object_query_probabilities.npy') for d in query_dirs)
     assert not np.allclose(first, second)  # each query is segmented with its own text
+
+
+def test_queries_of_one_run_equal_a_run_per_query(setup):
+    """Four queries share each window's encoding (decoded 3 at a time, so in two chunks); each gives what a run
+    with that query alone gives: probabilities within 1e-5 and the same object query (tests/test_video_segmenter.py
+    checks the masks pixel by pixel against the logits)."""
+    root, _, _, video = setup
+    queries = ['the red box', 'the background', 'a box moving right', 'the left part']
+    texts_file = root / 'queries.txt'
+    texts_file.write_text('\n'.join(queries[1:]) + '\n\n')
+    together = run(setup, video, root / 'together', queries[0],
+                   extra=['-ws', 12, '--texts-file', texts_file, '--query-batch', 3])
+    together = [root / 'together' / video_io.query_folder_name(i, q) for i, q in enumerate(queries)]
+    assert all(d.is_dir() for d in together)
+    for index, query in enumerate(queries):
+        (alone,) = run(setup, video, root / f'alone{index}', query, extra=['-ws', 12])
+        ours, theirs = (np.load(d / 'object_query_probabilities.npy') for d in (together[index], alone))
+        assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
+        assert read_scores(together[index])['object_query'] == read_scores(alone)['object_query']
+        assert read_masks(together[index]).keys() == read_masks(alone).keys()
+
+
+def test_texts_file_errors(setup, capsys, tmp_path):
+    video = setup[3]
+    assert 'no text query' in fails_with(setup, capsys, video)
+    empty = tmp_path / 'empty.txt'
+    empty.write_text('\n  \n')
+    assert f'--texts-file {empty} holds no query' in fails_with(setup, capsys, video, extra=['--texts-file', empty])
+    missing = tmp_path / 'missing.txt'
+    assert f'--texts-file {missing}: cannot read it' in fails_with(setup, capsys, video,
+                                                                   extra=['--texts-file', missing])
+    assert '--query-batch must be at least 1' in fails_with(setup, capsys, video, 'a query',
+                                                            extra=['--query-batch', 0])
 
 
 def test_window_layout():

@@ -2,19 +2,22 @@
 
     python tools/benchmark.py --text-encoder ../shared/parity/roberta-base [--cases eval train_small ...]
                               [--repeats 5] [--threads 2] [--device cpu|cuda] [--json benchmark.json]
-                              [--amp] [--checkpointing] [--compile] [--return-freed-memory]
+                              [--amp [--amp-dtype bfloat16]] [--checkpointing] [--compile] [--return-freed-memory]
 
 Cases:
   eval         eval forward of one window, T=8, B=1, 3x320x427, centre frame annotated (A2D), inference mode
   train_small  training step (forward + loss + backward + AdamW step), T=8, B=1, 3x160x288, A2D-style target
   train        the same at 3x320x427
   ytvos        Refer-YouTube-VOS evaluation of a 36-frame 360x640 video: windows of 12 + post-processing
+  per_query    4 expressions of that video, one forward pass per expression and window (as the original does)
+  shared       the same 4 expressions with each window encoded once for all of them (`MTTR.segment`); run
+               `--cases per_query shared` to get both and their ratio
   parity       not timed: the largest difference (relative to the largest value) of the outputs from the
                original's on the golden forward cases, with the same options (`--parity-dir ../shared/parity`)
 
 Each case runs in its own process, so its peak memory (peak RSS on the CPU, peak allocated memory on CUDA) is
 its own. Times are the median of `--repeats` runs after one warm-up run. `--amp` runs under autocast (fp16 on
-CUDA, bf16 on the CPU); the parity tests hold for fp32 only. `--checkpointing` and `--compile` are the
+CUDA, bf16 on the CPU; `--amp-dtype` picks another); the parity tests hold for fp32 only. `--checkpointing` and `--compile` are the
 config's backbone_activation_checkpointing and compile_model; `--return-freed-memory` turns off
 cpu_keep_freed_memory (glibc's default allocator behaviour).
 """
@@ -28,7 +31,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ('eval', 'train_small', 'train', 'ytvos', 'parity')
+CASES = ('eval', 'train_small', 'train', 'ytvos', 'parity', 'per_query', 'shared')
+VIDEO_CASES = ('ytvos', 'per_query', 'shared')  # the 36-frame 360x640 video in windows of 12
+EXPRESSIONS = ['a man in black pulling up', 'the dog on the left', 'a red car driving away',
+               'the person standing in the back']
 
 
 def parity_errors(model, amp, parity_dir):
@@ -63,7 +69,7 @@ def run_case(case, args):
     torch.manual_seed(0)
     device = torch.device(args.device)
     text_encoder = Path(args.parity_dir) / 'roberta-base' if case == 'parity' else args.text_encoder
-    config = load_config(REPO / 'configs' / ('refer_youtube_vos.yaml' if case == 'ytvos' else 'a2d_sentences.yaml'),
+    config = load_config(REPO / 'configs' / ('refer_youtube_vos.yaml' if case in VIDEO_CASES else 'a2d_sentences.yaml'),
                          [f'text_encoder_type={text_encoder}', 'text_encoder_pretrained=false',
                           'backbone_pretrained=false',
                           f'backbone_activation_checkpointing={str(args.checkpointing).lower()}'],
@@ -74,8 +80,9 @@ def run_case(case, args):
         model.compile()
     criterion.to(device)
     query = ['a man in black pulling up']
-    amp = torch.autocast(device.type, dtype=torch.float16 if device.type == 'cuda' else torch.bfloat16,
-                         enabled=args.amp)
+    amp_dtype = getattr(torch, args.amp_dtype) if args.amp_dtype else \
+        torch.float16 if device.type == 'cuda' else torch.bfloat16
+    amp = torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp)
 
     if case == 'parity':
         return {'case': case, 'amp': args.amp, 'compile': args.compile,
@@ -114,16 +121,27 @@ def run_case(case, args):
         model.eval()
         frames, window = 36, 12
         samples = video(frames, 360, 640)
-        metadata = [{'video_id': 'v', 'exp_id': '0', 'frame_indices': [f'{i:05d}' for i in range(frames)],
-                     'original_frame_size': (720, 1280), 'resized_frame_size': (360, 640)}]
+        metadata = {'video_id': 'v', 'exp_id': '0', 'frame_indices': [f'{i:05d}' for i in range(window)],
+                    'original_frame_size': (720, 1280), 'resized_frame_size': (360, 640)}
+        windows = [NestedTensor(samples.tensors[start:start + window], samples.mask[start:start + window])
+                   for start in range(0, frames, window)]
+        valid_indices = torch.arange(window, device=device)
+
+        def per_expression(expressions):  # one forward pass per expression and window
+            for part in windows:
+                for expression in expressions:
+                    outputs = model(part, valid_indices, [expression])
+                    outputs.pop('aux_outputs')
+                    postprocessor(outputs, [metadata], (360, 640))
 
         def step():
             with torch.inference_mode(), amp:
-                for start in range(0, frames, window):
-                    part = NestedTensor(samples.tensors[start:start + window], samples.mask[start:start + window])
-                    outputs = model(part, torch.arange(window, device=device), query)
-                    outputs.pop('aux_outputs')
-                    postprocessor(outputs, metadata, (360, 640))
+                if case == 'shared':  # each window encoded once for every expression
+                    for part in windows:
+                        outputs = model.segment(part, valid_indices, EXPRESSIONS, query_batch=len(EXPRESSIONS))
+                        postprocessor(outputs, [metadata] * len(EXPRESSIONS), (360, 640))
+                else:
+                    per_expression(EXPRESSIONS if case == 'per_query' else query)
 
     def timed():
         if device.type == 'cuda':
@@ -140,7 +158,8 @@ def run_case(case, args):
         peak = torch.cuda.max_memory_allocated() / 2 ** 30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
-    return {'case': case, 'device': args.device, 'amp': args.amp, 'threads': args.threads,
+    return {'case': case, 'device': args.device, 'amp': args.amp, 'amp_dtype': str(amp_dtype) if args.amp else None,
+            'threads': args.threads,
             'checkpointing': args.checkpointing, 'compile': args.compile,
             'keep_freed_memory': args.device == 'cpu' and not args.return_freed_memory,
             'median_s': statistics.median(times), 'times_s': times, 'peak_memory_gib': peak}
@@ -155,6 +174,7 @@ def main():
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--amp', action='store_true', help='autocast: fp16 on CUDA, bf16 on the CPU')
+    parser.add_argument('--amp-dtype', choices=['float16', 'bfloat16'], help="--amp's dtype instead of the default")
     parser.add_argument('--checkpointing', action='store_true', help='backbone activation checkpointing')
     parser.add_argument('--compile', action='store_true', help='torch.compile the network (warm-up compiles)')
     parser.add_argument('--return-freed-memory', action='store_true',
@@ -174,6 +194,7 @@ def main():
         child = [sys.executable, __file__, '--one-case', case, '--text-encoder', args.text_encoder,
                  '--repeats', str(args.repeats), '--threads', str(args.threads), '--device', args.device]
         child += ['--parity-dir', args.parity_dir] if args.parity_dir else []
+        child += ['--amp-dtype', args.amp_dtype] if args.amp_dtype else []
         child += [f'--{flag.replace("_", "-")}' for flag in ('amp', 'checkpointing', 'compile', 'return_freed_memory')
                   if getattr(args, flag)]
         done = subprocess.run(child, capture_output=True, text=True)
@@ -189,6 +210,11 @@ def main():
             continue
         print(f'{case:<12} {args.device:<7} {str(args.amp):<5} {result["median_s"]:>9.2f} '
               f'{result["peak_memory_gib"]:>9.2f}   {", ".join(f"{t:.2f}" for t in result["times_s"])}')
+    by_case = {result['case']: result for result in results}
+    if {'per_query', 'shared'} <= set(by_case):
+        per_query, shared = by_case['per_query'], by_case['shared']
+        print(f'shared encoding, {len(EXPRESSIONS)} expressions: {per_query["median_s"] / shared["median_s"]:.2f}x '
+              f'faster than one at a time, peak memory {shared["peak_memory_gib"] / per_query["peak_memory_gib"]:.2f}x')
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -26,14 +26,14 @@ Steps (expected time on one current data-centre GPU, A100/H100 class, with the p
                     2 loader workers (pinned memory), run in a process holding an NCCL process group of world size
                     1 (main.py starts none for one process, so this is how the collectives run on NCCL); then
                     main.py -rm eval of its checkpoint: exit codes 0 and the same metrics
-  benchmark  ~90 s  tools/benchmark.py --device cuda, cases eval, train, ytvos (and `shared` when the benchmark
-                    has it) in fp32 and fp16 (bf16 when the benchmark can select it); median time and peak memory
+  benchmark  ~155 s tools/benchmark.py --device cuda, cases eval, train, ytvos in fp32, fp16 and bf16, and the
+                    shared encoding (cases per_query and shared: 4 expressions of a 36-frame video) in fp32;
+                    median time and peak memory
 
-Expected total on one GPU: about 6 minutes (the estimates above plus ~10 s of start-up), about 7 minutes once
-tools/benchmark.py can time bf16 on CUDA and has the shared-encoding case (+45 s and +30 s). The time is mostly
+Expected total on one GPU: about 7 minutes (the estimates above plus ~10 s of start-up). The time is mostly
 fixed costs: building the paper's network and its 125M-parameter text encoder on the CPU (~3-4 s each time, 4
 times in `train`, once more in the compile child), process start-up with CUDA initialisation (~10 s for each of
-the 2 main.py runs and each of the 6-12 benchmark processes, one per case and precision) and inductor's
+the 2 main.py runs and each of the 11 benchmark processes, one per case and precision) and inductor's
 compilation, the least certain estimate (dynamo alone traced configs/synthetic.yaml's small network in 41 s on
 this repository's 2-core test machine: 14 graphs, 10 graph breaks); the GPU work itself (a 320x427 training step
 should take 0.2-0.4 s) is a small part. The summary prints each step's estimate beside its measured time.
@@ -69,8 +69,8 @@ TRAIN_QUERY = 'a man in black pulling up'
 SMALL_MODEL_QUERIES = ['the red circle', 'the big blue square moving left']
 TRAIN_CLIP, SMALL_TRAIN_CLIP = (8, 320, 427), (8, 64, 64)  # frames, height, width of the training step's video
 PRECISIONS = ('fp32', 'fp16', 'bf16')
-BENCHMARK_CASES = ('eval', 'train', 'ytvos')
-SHARED_CASE = 'shared'  # the shared-encoding benchmark case, run when tools/benchmark.py lists it
+BENCHMARK_CASES = ('eval', 'train', 'ytvos', 'per_query', 'shared')  # the last two: the shared encoding's gain
+FP32_ONLY_CASES = ('per_query', 'shared')  # (the gain does not depend on the precision; time is short)
 
 
 class Skip(Exception):
@@ -748,39 +748,26 @@ def main_in_process_group(backend, main_argv):
 # step 7: timings
 
 
-def benchmark_cases():
-    """The cases to time: eval, train, ytvos, and `shared` when tools/benchmark.py has it."""
-    from tools.benchmark import CASES
-    return BENCHMARK_CASES + ((SHARED_CASE,) if SHARED_CASE in CASES else ()), CASES
-
-
 def precision_flags(run, precision):
     """tools/benchmark.py flags for a precision; Skip when the benchmark cannot select it on this device."""
-    cuda = run.on_cuda
     if precision == 'fp32':
         return []
-    if precision == 'fp16':
-        if not cuda:
-            raise Skip("fp16 autocast is a CUDA path (tools/benchmark.py's --amp is bf16 on the CPU)")
-        return ['--amp']
-    if not cuda:
-        return ['--amp']
-    raise Skip("tools/benchmark.py's --amp is fp16 on CUDA; it has no option for bf16 there")
+    if precision == 'fp16' and not run.on_cuda:
+        raise Skip('fp16 autocast is a CUDA path of this project')
+    return ['--amp', '--amp-dtype', 'float16' if precision == 'fp16' else 'bfloat16']
 
 
 def step_benchmark(run: Run, report: StepReport):
     cases = run.args.bench_cases or list(BENCHMARK_CASES)
     with report.check('cases') as entry:
-        default_cases, listed = benchmark_cases()
-        cases = run.args.bench_cases or list(default_cases)
-        entry['benchmark_cases'] = list(listed)
-        entry['summary'] = f'timing {", ".join(cases)}' + (
-            '' if SHARED_CASE in listed else f"; tools/benchmark.py has no '{SHARED_CASE}' case yet")
+        entry['summary'] = f'timing {", ".join(cases)}'
     for case in cases:
         for precision in PRECISIONS:
             with report.check(f'{case} {precision}') as entry:
                 if precision not in run.args.bench_precisions:
                     raise Skip('not selected (--bench-precisions)')
+                if case in FP32_ONLY_CASES and precision != 'fp32':
+                    raise Skip('the shared-encoding cases are timed in fp32')
                 flags = precision_flags(run, precision)
                 out = run.workdir / f'benchmark_{case}_{precision}.json'
                 command = [sys.executable, 'tools/benchmark.py', '--device', run.args.device, '--cases', case,
@@ -807,7 +794,7 @@ STEPS = {
     'attention': Step(step_attention, 3, 'window attention backward against fp64'),
     'compile': Step(step_compile_isolated, 150, 'torch.compile matches eager'),
     'main': Step(step_main, 40, 'main.py train + eval, one process with a process group'),
-    'benchmark': Step(step_benchmark, 90, 'tools/benchmark.py timings and peak memory'),
+    'benchmark': Step(step_benchmark, 155, 'tools/benchmark.py timings and peak memory'),
 }
 STARTUP_ESTIMATE_S = 10
 
@@ -879,7 +866,7 @@ def parse_args(argv):
                         help='relative tolerance of the fp32 comparisons: parity forward, attention, compile')
     parser.add_argument('--train-steps', type=int, default=5, help='optimizer steps per training configuration')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per benchmark case (after a warm-up)')
-    parser.add_argument('--bench-cases', nargs='+', help='benchmark cases (default: eval train ytvos [shared])')
+    parser.add_argument('--bench-cases', nargs='+', help='benchmark cases (default: eval train ytvos per_query shared)')
     parser.add_argument('--bench-precisions', nargs='+', choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend (the trainer: inductor)')
     parser.add_argument('--compile-timeout', type=int, default=420, help='seconds before the compile step fails')
