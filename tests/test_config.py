@@ -17,7 +17,7 @@ def test_shipped_configs_load_with_paper_values(path):
 
 def test_schedules_differ_per_dataset():
     assert load_config(CONFIGS[0]).lr_drop == [50] and load_config(CONFIGS[0]).epochs == 70
-    assert load_config(CONFIGS[2]).lr_drop == [20] and load_config(CONFIGS[2]).epochs == 30
+    assert load_config(CONFIGS[2]).lr_drop == [1] and load_config(CONFIGS[2]).epochs == 30  # tests/test_trainer.py
 
 
 def test_merge_order_yaml_then_flags_then_set():
