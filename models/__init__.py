@@ -20,9 +20,10 @@ def build_network(config) -> MTTR:
                               window_size=config.swin_window_size,
                               activation_checkpointing=config.backbone_activation_checkpointing)
     text_encoder, tokenizer = build_text_encoder(config.text_encoder_type, config.text_encoder_pretrained)
-    transformer = MultimodalTransformer(text_encoder, tokenizer, config.num_encoder_layers, config.num_decoder_layers,
-                                        config.d_model, config.nheads, config.dim_feedforward, config.dropout,
-                                        config.freeze_text_encoder)
+    transformer = MultimodalTransformer(text_encoder, tokenizer, num_encoder_layers=config.num_encoder_layers,
+                                        num_decoder_layers=config.num_decoder_layers, d_model=config.d_model,
+                                        nheads=config.nheads, dim_feedforward=config.dim_feedforward,
+                                        dropout=config.dropout, freeze_text_encoder=config.freeze_text_encoder)
     return MTTR(backbone, transformer, config.num_queries, config.mask_kernels_dim, config.aux_loss)
 
 

@@ -117,7 +117,7 @@ class FeatureResizer(nn.Module):
 
 
 class MultimodalTransformer(nn.Module):
-    def __init__(self, text_encoder, tokenizer, num_encoder_layers=3, num_decoder_layers=3, d_model=256, nheads=8,
+    def __init__(self, text_encoder, tokenizer, *, num_encoder_layers=3, num_decoder_layers=3, d_model=256, nheads=8,
                  dim_feedforward=2048, dropout=0.1, freeze_text_encoder=True):
         super().__init__()
         self.d_model = d_model
