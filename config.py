@@ -102,10 +102,18 @@ class Config:
     generate_new_samples_metadata: bool = False
     samples_metadata_path: Optional[str] = None
     valid_video_ids_path: Optional[str] = None
+    # ref_davis17: the folder of the four Khoreva text files (default: <dataset_path>/davis_text_annotations)
+    davis_text_annotations_path: Optional[str] = None
+    # mevis: the split evaluated, valid_u (ground truth: J&F) or valid (no ground truth: the server's zip)
+    mevis_eval_split: str = 'valid_u'
     # evaluation and logging
     calculate_precision_and_iou_metrics: bool = True
     # evaluation encodes each video once for all its queries, and decodes this many queries at a time
     query_batch: int = 4
+    # whole-video evaluation (Refer-YouTube-VOS, MeViS, Ref-DAVIS17): null runs each video in one pass (the original's
+    # Refer-YouTube-VOS protocol); N runs longer videos in windows of N frames, encoded once for all their
+    # expressions, with one object query per expression chosen over the whole video (as inference.py)
+    eval_window_size: Optional[int] = None
     eval_pictures: int = 4
     wandb_mode: str = 'disabled'
     output_dir: str = ''
@@ -127,7 +135,8 @@ class Config:
                    'running_mode': (self.running_mode, ('train', 'eval')),
                    'amp_dtype': (self.amp_dtype, ('float16', 'bfloat16')),
                    'wandb_mode': (self.wandb_mode, ('disabled', 'online', 'offline')),
-                   'backbone_name': (self.backbone_name, BACKBONE_NAMES)}
+                   'backbone_name': (self.backbone_name, BACKBONE_NAMES),
+                   'mevis_eval_split': (self.mevis_eval_split, ('valid_u', 'valid'))}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f'config key {key}: {value!r} is not one of {", ".join(map(repr, allowed))}')
@@ -136,6 +145,8 @@ class Config:
                     'eval_short_size', 'eval_max_size', 'query_batch'):
             if getattr(self, key) < 1:
                 raise ValueError(f'config key {key}: must be at least 1, got {getattr(self, key)}')
+        if self.eval_window_size is not None and self.eval_window_size < 1:
+            raise ValueError(f'config key eval_window_size: must be at least 1 (or null), got {self.eval_window_size}')
         for key in ('epochs', 'num_workers', 'num_encoder_layers', 'num_decoder_layers', 'eval_pictures'):
             if getattr(self, key) < 0:
                 raise ValueError(f'config key {key}: must be 0 or more, got {getattr(self, key)}')

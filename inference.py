@@ -22,16 +22,13 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
-import torch
 from PIL import Image
 
-from config import load_config
-from datasets.transforms import transforms_from_config
 from datasets.video import (OVERLAY_COLOURS, Mp4Writer, draw_overlay, open_input, query_folder_name,
                             write_mask_png)
-from models import build_trained_network
-from models.video_segmenter import VideoSegmentation, VideoSegmenter
-from utils import UsageError, autocast, error_message, keep_freed_memory_in_process
+from models.video_segmenter import VideoSegmentation, VideoSegmenter, load_inference_config
+from utils import (UsageError, WriteError, check_directory_path, error_message, keep_freed_memory_in_process,
+                   writing)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Writing the results
@@ -43,9 +40,10 @@ def write_results(result: VideoSegmentation, frames, out_dir: Path, metadata: di
     query_dirs, writers, frame_records = [], [], []
     for query_index, query in enumerate(result.queries):
         query_dir = out_dir / query_folder_name(query_index, query)
-        (query_dir / 'masks').mkdir(parents=True, exist_ok=True)
-        for stale in (query_dir / 'masks').glob('*.png'):  # from an earlier run on other frames
-            stale.unlink()
+        with writing(query_dir, 'results folder'):
+            (query_dir / 'masks').mkdir(parents=True, exist_ok=True)
+            for stale in (query_dir / 'masks').glob('*.png'):  # from an earlier run on other frames
+                stale.unlink()
         query_dirs.append(query_dir)
         writers.append(Mp4Writer(query_dir / 'overlay.mp4', frames.frame_rate, frames.size))
         frame_records.append([])
@@ -54,13 +52,14 @@ def write_results(result: VideoSegmentation, frames, out_dir: Path, metadata: di
     try:
         for position, frame, image, window_index, masks in result.frame_masks(frames, frames.size):
             for query_index, (query, mask) in enumerate(zip(result.queries, masks)):
-                mask_path = Path('masks') / f'{frame.name}.png'
+                mask_path = Path('masks') / f'{frame.name}.png'  # (a file's stem or a frame number: one name)
                 write_mask_png(query_dirs[query_index] / mask_path, mask)
                 colour = OVERLAY_COLOURS[query_index % len(OVERLAY_COLOURS)]
                 overlay = draw_overlay(image, mask, query, colour)  # [H0, W0, 3] uint8
                 writers[query_index].write(overlay)
                 if position == preview_position:
-                    Image.fromarray(overlay).save(query_dirs[query_index] / 'preview.png')
+                    with writing(query_dirs[query_index] / 'preview.png', 'preview'):
+                        Image.fromarray(overlay).save(query_dirs[query_index] / 'preview.png')
                 frame_records[query_index].append({
                     'frame': position, 'source_index': frame.source_index, 'time': round(frame.time, 6),
                     'mask': str(mask_path), 'mask_pixels': int(mask.sum()), 'window': window_index,
@@ -72,7 +71,6 @@ def write_results(result: VideoSegmentation, frames, out_dir: Path, metadata: di
     for query_index, query in enumerate(result.queries):
         trajectory_scores = probabilities[query_index].mean(axis=0)
         object_query = result.object_queries[query_index]
-        np.save(query_dirs[query_index] / 'object_query_probabilities.npy', probabilities[query_index])
         scores = {
             'query': query, **metadata,
             'num_frames': len(frame_records[query_index]), 'frame_rate': frames.frame_rate,
@@ -82,7 +80,9 @@ def write_results(result: VideoSegmentation, frames, out_dir: Path, metadata: di
             'windows': [window.to_dict() for window in result.windows],
             'frames': frame_records[query_index],
         }
-        (query_dirs[query_index] / 'scores.json').write_text(json.dumps(scores, indent=1))
+        with writing(query_dirs[query_index], 'results folder'):
+            np.save(query_dirs[query_index] / 'object_query_probabilities.npy', probabilities[query_index])
+            (query_dirs[query_index] / 'scores.json').write_text(json.dumps(scores, indent=1))
     return query_dirs
 
 
@@ -146,8 +146,7 @@ def check_args(args):
         raise UsageError(f'--query-batch must be at least 1, got {args.query_batch}')
     if args.object_query is not None and args.object_query < 0:
         raise UsageError(f'--object-query must be an object query index (0 or more), got {args.object_query}')
-    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-        raise UsageError(f'-o {args.output_dir}: exists and is not a folder')
+    check_directory_path(args.output_dir, '-o')
 
 
 def read_queries(args) -> List[str]:
@@ -167,34 +166,12 @@ def read_queries(args) -> List[str]:
 
 def load_run_config(args):
     """The config of the run, checked before any frame is decoded or any weight is read."""
-    try:
-        config = load_config(args.config_path, args.overrides, running_mode='eval', window_size=args.window_size,
-                             checkpoint_path=args.checkpoint_path, text_encoder_pretrained=False,
-                             backbone_pretrained=False, device='cpu' if args.cpu else 'cuda')
-    except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
-        raise UsageError(error_message(error)) from error
-    if config.device.startswith('cuda') and not torch.cuda.is_available():
-        raise UsageError('CUDA is not available on this machine; run on the CPU with --cpu')
-    if config.synthetic_dataset and not config.text_encoder_type:  # the tokenizer written with the synthetic data
-        from datasets.synthetic import ensure_synthetic_dataset
-        try:
-            ensure_synthetic_dataset(config)
-        except (FileNotFoundError, ValueError) as error:
-            raise UsageError(error_message(error)) from error
+    config = load_inference_config(args.config_path, args.checkpoint_path, args.overrides, args.cpu,
+                                   window_size=args.window_size)
     if args.object_query is not None and args.object_query >= config.num_queries:
         raise UsageError(f'--object-query {args.object_query}: the model has object queries 0 to '
                          f'{config.num_queries - 1}')
-    if not Path(args.checkpoint_path).is_file():
-        raise UsageError(f'checkpoint not found: {args.checkpoint_path}')
     return config
-
-
-def load_model(config, checkpoint_path):
-    """The network in eval mode with the checkpoint's weights (read with weights_only=True)."""
-    try:
-        return build_trained_network(config, checkpoint_path)
-    except (OSError, KeyError, ValueError, RuntimeError) as error:  # text encoder files, checkpoint contents
-        raise UsageError(error_message(error)) from error
 
 
 def run(args) -> List[Tuple[str, Path]]:
@@ -204,11 +181,10 @@ def run(args) -> List[Tuple[str, Path]]:
     if config.device == 'cpu' and config.cpu_keep_freed_memory:  # process-wide: this is the entry point
         keep_freed_memory_in_process()
     frames = open_input(args.video, args.start, args.end, args.fps, args.folder_fps)
-    device = torch.device(config.device)
-    segmenter = VideoSegmenter(load_model(config, args.checkpoint_path), transforms_from_config('test', config),
-                               device, args.query_batch, amp=lambda: autocast(config, device, training=False))
+    segmenter = VideoSegmenter.from_checkpoint(config, args.checkpoint_path, args.query_batch)
     out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir, 'output folder'):
+        out_dir.mkdir(parents=True, exist_ok=True)
     print(f'{args.video}: {len(frames.frames)} frames of {frames.size[1]}x{frames.size[0]}, {len(queries)} '
           f'quer{"y" if len(queries) == 1 else "ies"}, windows of up to {args.window_size} frames', file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix='.scratch-') as scratch_dir:
@@ -224,7 +200,7 @@ def main(argv=None):
     try:
         check_args(args)
         results = run(args)
-    except UsageError as error:
+    except (UsageError, WriteError) as error:
         print(f'inference.py: error: {error_message(error)}', file=sys.stderr)
         sys.exit(2)
     for query, query_dir in results:

@@ -21,7 +21,10 @@ from config import Config, load_config
 from utils import UsageError, error_message, keep_freed_memory_in_process
 
 TORCHRUN_VARIABLES = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')
-INTERRUPTED_EXIT_CODE = 143  # stopped by a signal after saving a resumable checkpoint
+# stopped by a signal: training saved a resumable checkpoint (or, at a second signal, stopped at once without
+# saving); an evaluation stopped after its batch, saving nothing
+INTERRUPTED_EXIT_CODE = 143
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -49,7 +52,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='continue a training run from one of its checkpoints (model, optimizer, scheduler, '
                              'grad scaler, epoch, best score, RNG states); writes into the same run directory '
                              'unless --output_dir is given')
-    parser.add_argument('--output_dir', help='run directory (default: runs/<date-time>)')
+    parser.add_argument('--output_dir', help='run directory (default: runs/<date-time>); a directory that holds a '
+                                             'run is refused, unless --resume continues that run or --overwrite')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='start this run in an --output_dir that holds another run, deleting that run\'s '
+                             'checkpoints, metrics, log and evaluation outputs once this run\'s inputs are checked')
     parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                         help='override any config key, type-checked (repeatable), e.g. --set lr=2e-4 '
                              '--set lr_drop=[10,20]')
@@ -62,12 +69,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error('--resume continues a training run: use it with -rm train')
     if args.resume and args.checkpoint_path:
         parser.error('give either --resume (continue a run) or -ckpt (start from weights), not both')
+    if args.resume and args.overwrite:
+        parser.error('--overwrite starts a new run, --resume continues one: give one of them')
     return args
 
 
 def build_config(args: argparse.Namespace) -> Config:
     flags = dict(running_mode=args.running_mode, window_size=args.window_size, batch_size=args.batch_size,
-                 eval_batch_size=args.eval_batch_size or args.batch_size, checkpoint_path=args.checkpoint_path,
+                 eval_batch_size=args.batch_size if args.eval_batch_size is None else args.eval_batch_size,
+                 checkpoint_path=args.checkpoint_path,
                  output_dir=args.output_dir, device='cpu' if args.cpu else 'cuda')
     if args.running_mode == 'eval':  # the checkpoint holds every weight: no Kinetics or RoBERTa weights to read
         flags.update(backbone_pretrained=False, text_encoder_pretrained=False)
@@ -89,13 +99,14 @@ def build_config(args: argparse.Namespace) -> Config:
     return config
 
 
-def default_run_dir(resume: Optional[str]) -> Path:
-    """Resuming writes into the run directory the checkpoint belongs to (`<run>/checkpoints/<x>.pth.tar`)."""
+def default_run_dir(resume: Optional[str]) -> Tuple[Path, bool]:
+    """(run directory, whether it is a new time-stamped one). Resuming writes into the run directory the checkpoint
+    belongs to (`<run>/checkpoints/<x>.pth.tar`)."""
     if resume:
         checkpoint_dir = Path(resume).resolve().parent
         if checkpoint_dir.name == 'checkpoints':
-            return checkpoint_dir.parent
-    return Path('runs') / datetime.now().strftime('%Y-%m-%d_%H-%M-%S')
+            return checkpoint_dir.parent, False
+    return Path('runs') / datetime.now().strftime('%Y-%m-%d_%H-%M-%S'), True
 
 
 def free_port() -> int:
@@ -123,36 +134,56 @@ def set_up_process(config: Config, device: str):
         keep_freed_memory_in_process()
 
 
-def _worker(rank, devices, backend, port, config, resume):
+def _exit_quietly(_signum, _frame):
+    raise SystemExit(0)
+
+
+def _worker(rank, devices, backend, port, config, resume, replace_run):
+    # A signal before the run has set up its own handling, or after it is over, ends this process quietly (the
+    # launching process reports the stop); SIGTERM's default action would end it with a negative exit code, which
+    # makes the launching process terminate the other processes, perhaps while one saves a checkpoint.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _exit_quietly)
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     if backend == 'gloo':  # CPU processes share the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(devices)))
     set_up_process(config, devices[rank])
     try:
-        trainer.run(config, rank=rank, world_size=len(devices), device=devices[rank], backend=backend, resume=resume)
+        # (a stopped run ends with 0 here too: the launching process, which got the signal, exits with 143)
+        trainer.run(config, rank=rank, world_size=len(devices), device=devices[rank], backend=backend, resume=resume,
+                    replace_run=replace_run)
     except trainer.RunError as error:
-        if rank == 0:
+        if rank == 0 or isinstance(error, trainer.SampleError):  # (a sample error is of this process's share)
             print(f'error: {error}', file=sys.stderr)
         sys.exit(2)
+    finally:  # (Python's exit restores the default action of handled signals; an ignored one stays ignored)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
-def spawn(devices: List[str], backend: str, config: Config, resume: Optional[str]) -> str:
+def spawn(devices: List[str], backend: str, config: Config, resume: Optional[str], replace_run: bool) -> str:
     """One process per device. SIGTERM is passed on so each process can save a checkpoint (Ctrl-C in a terminal
     reaches every process by itself)."""
-    context = mp.start_processes(_worker, args=(devices, backend, free_port(), config, resume),
-                                 nprocs=len(devices), join=False, start_method='spawn')
+    received, processes = [], []
 
-    received = []
-
-    def forward(signum, _frame):
-        received.append(signum)
-        for process in context.processes:
+    def pass_on(signum):
+        for process in processes:
             if process.is_alive():
                 os.kill(process.pid, signum)
 
+    def forward(signum, _frame):
+        received.append(signum)
+        pass_on(signum)
+
+    # (installed before the processes start: they would inherit an ignored signal)
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
-                signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: None)}
+                signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))}
     try:
+        context = mp.start_processes(_worker, args=(devices, backend, free_port(), config, resume, replace_run),
+                                     nprocs=len(devices), join=False, start_method='spawn')
+        processes.extend(context.processes)
+        for signum in list(received):  # (one that came while they were starting)
+            pass_on(signum)
         while not context.join():
             pass
     finally:
@@ -161,27 +192,47 @@ def spawn(devices: List[str], backend: str, config: Config, resume: Optional[str
     return 'interrupted' if received else 'done'
 
 
+def claim(config: Config, args: argparse.Namespace, new_name: bool) -> trainer.RunDirClaim:
+    """Lock the run directory for this run (see trainer.claim_run_dir); its final name goes into the config."""
+    run_dir = trainer.claim_run_dir(config.output_dir, resume=args.resume, overwrite=args.overwrite,
+                                    running_mode=config.running_mode, unique=new_name)
+    config.output_dir = str(run_dir.path)
+    return run_dir
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    claimed, previous_handlers = None, {}
     try:
         config = build_config(args)
-        config.output_dir = str(config.output_dir or default_run_dir(args.resume))
+        new_name = False
+        if not config.output_dir:
+            default, new_name = default_run_dir(args.resume)
+            config.output_dir = str(default)
+        # a stop signal once the run is over (the run restores this) must not kill the process
+        previous_handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
         if all(v in os.environ for v in TORCHRUN_VARIABLES):
-            # launched by torchrun: join its process group (multi-node works the same way)
+            # launched by torchrun: join its process group (multi-node works the same way); rank 0 holds the run
+            # directory, the others take its name from rank 0
+            rank = int(os.environ['RANK'])
+            if rank == 0:
+                claimed = claim(config, args, new_name)
             local_rank = int(os.environ['LOCAL_RANK'])
             use_cuda = not args.cpu and torch.cuda.is_available()
             device = f'cuda:{local_rank}' if use_cuda else 'cpu'
             set_up_process(config, device)
-            status = trainer.run(config, rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE']),
-                                 device=device, backend='nccl' if use_cuda else 'gloo', resume=args.resume)
+            status = trainer.run(config, rank=rank, world_size=int(os.environ['WORLD_SIZE']), device=device,
+                                 backend='nccl' if use_cuda else 'gloo', resume=args.resume,
+                                 replace_run=args.overwrite)
         else:
             devices, backend = launch_plan(args)
+            claimed = claim(config, args, new_name)
             if len(devices) == 1:
                 set_up_process(config, devices[0])
                 status = trainer.run(config, rank=0, world_size=1, device=devices[0], backend=None,
-                                     resume=args.resume)
+                                     resume=args.resume, replace_run=args.overwrite)
             else:
-                status = spawn(devices, backend, config, args.resume)
+                status = spawn(devices, backend, config, args.resume, args.overwrite)
     except (UsageError, trainer.RunError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
@@ -189,9 +240,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'error in a worker process:\n{error}', file=sys.stderr)
         return 1
     except mp.ProcessExitedException as error:
+        if error.exit_code != 2:  # (2: a RunError, which the process printed)
+            print(f'error: a worker {error_message(error)}', file=sys.stderr)
         return error.exit_code if error.exit_code and error.exit_code > 0 else 1
-    return INTERRUPTED_EXIT_CODE if status == 'interrupted' else 0
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+        if claimed is not None:
+            claimed.release()
+    return INTERRUPTED_EXIT_CODE if status in ('interrupted', 'stopped') else 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_code = main()
+    for stop_signal in STOP_SIGNALS:  # (a signal while the process exits must not turn its exit code into a kill)
+        signal.signal(stop_signal, signal.SIG_IGN)
+    sys.exit(exit_code)

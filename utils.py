@@ -2,9 +2,13 @@
 file I/O, autocast."""
 import ctypes
 import ctypes.util
+import json
 import os
 import random
+import socket
 import tempfile
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -23,6 +27,44 @@ def error_message(error: BaseException) -> str:
     """The message an error was raised with, on one line (str() of a KeyError would wrap it in quotes)."""
     message = str(error.args[0]) if len(error.args) == 1 else str(error)
     return ' '.join(message.split())
+
+
+def safe_name(value, what: str, source) -> str:
+    """`value` as a single path component, or a ValueError naming `source` (the file it was read from) and `what`
+    it is. Ids read from dataset files become folder and file names (`<run>/.../<video>/<exp_id>/<frame>.png`):
+    an id such as `../../x` or `/abs` would read or write outside the folder it is joined to."""
+    name = value if isinstance(value, str) else None
+    if name is None or name in ('', '.', '..') or any(c in name for c in '/\\\0'):
+        raise ValueError(f'{source}: {what} {value!r} is not a plain name (expected a non-empty file name '
+                         f"without '/', '\\' or NUL, other than '.' and '..')")
+    return name
+
+
+def check_directory_path(path, what: str):
+    """A UsageError when the directory `path` (created later if missing) is a file or lies below one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f'{what} {path} is a file; expected a directory (it is created if missing)')
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f'{what} {path}: {parent} is a file, not a directory')
+            break
+
+
+class WriteError(Exception):
+    """A file of a run could not be written (disk full, read-only, ...); the message names the file."""
+
+
+@contextmanager
+def writing(path, what: str = 'file'):
+    """Turn an OSError raised while writing `path` into a WriteError naming it (PIL and torch name no file when
+    the disk fills up)."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or error_message(error) or type(error).__name__
+        raise WriteError(f'cannot write the {what} {path}: {reason}') from error
 
 
 class NestedTensor:
@@ -147,6 +189,81 @@ def atomic_write(path, write_fn, mode='wb'):
         raise
 
 
+class LockHeld(Exception):
+    """Another live process holds the lock; `holder` is what it wrote into the lock file (pid, host, start)."""
+
+    def __init__(self, path: Path, holder: dict):
+        super().__init__(path, holder)
+        self.path, self.holder = path, holder
+
+
+class DirectoryLock:
+    """An exclusive lock on a folder: the file `<folder>/.lock`, flock'ed while held, holding the holder's pid,
+    host and start time. The kernel releases the lock when its process ends, however it ends, so a lock file left
+    by a killed process is free for the next one (`acquire` returns what that process had written, to report it).
+    """
+
+    def __init__(self, folder):
+        self.path = Path(folder) / '.lock'
+        self._fd = None
+
+    @staticmethod
+    def _read(fd) -> dict:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 4096).decode(errors='replace')
+        try:
+            holder = json.loads(text)
+        except ValueError:
+            return {'unreadable': text} if text else {}
+        return holder if isinstance(holder, dict) else {'unreadable': text}
+
+    def acquire(self) -> dict:
+        """Take the lock; returns what a previous, dead holder left in the file ({} if nothing). Raises LockHeld
+        when a live process holds it."""
+        import fcntl  # (POSIX only: imported here, so that this module imports everywhere)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._read(fd)
+                os.close(fd)
+                raise LockHeld(self.path, holder) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != os.fstat(fd).st_ino:  # its holder removed the file between our open and flock
+                os.close(fd)
+                continue
+            previous = self._read(fd)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                                     'started': datetime.now().isoformat(timespec='seconds')}).encode())
+            self._fd = fd
+            return previous
+
+    def release(self):
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still holding it: see the inode check in acquire
+            os.close(self._fd)
+            self._fd = None
+
+
+def describe_holder(holder: dict) -> str:
+    """`pid 123 on host, since 2024-05-01T10:00:00`, from what a DirectoryLock holder wrote."""
+    if 'pid' not in holder:
+        return 'an unknown process'
+    text = f"pid {holder['pid']}"
+    if holder.get('host') and holder['host'] != socket.gethostname():
+        text += f" on {holder['host']}"
+    return text + (f", since {holder['started']}" if holder.get('started') else '')
+
+
 def cache_dir(configured: str) -> Path:
     """The cache directory for sample lists and evaluation ground truth (never inside the source tree)."""
     path = Path(os.path.expanduser(os.path.expandvars(configured)))
@@ -167,8 +284,9 @@ def read_checkpoint(path):
 
 
 def save_checkpoint(checkpoint, path):
-    """Save atomically: the previous file at `path` stays intact if writing fails."""
-    atomic_write(path, lambda f: torch.save(checkpoint, f))
+    """Save atomically: the previous file at `path` stays intact if writing fails (a WriteError names `path`)."""
+    with writing(path, 'checkpoint'):
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def keep_freed_memory_in_process() -> bool:

@@ -72,3 +72,7 @@ from .coco_evaluator import build_coco_evaluator  # noqa: E402
 register_dataset('a2d_sentences', a2d_sentences.build, build_coco_evaluator)
 register_dataset('jhmdb_sentences', jhmdb_sentences.build, build_coco_evaluator, image_sets=('test',))
 register_dataset('ref_youtube_vos', refer_youtube_vos.build, refer_youtube_vos.build_evaluator)
+
+from . import mevis, ref_davis17  # noqa: E402
+register_dataset('ref_davis17', ref_davis17.build, ref_davis17.build_evaluator, image_sets=('test',))
+register_dataset('mevis', mevis.build, mevis.build_evaluator)

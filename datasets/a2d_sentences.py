@@ -18,10 +18,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from utils import is_main_process
+from utils import is_main_process, safe_name
 from .files import (cache_path, check_row_count, coco_ground_truth, file_digest, load_or_build_json,
                     raise_if_missing, require_dataset_root, require_path, stat_fingerprint)
 from .transforms import VideoTransforms, collate_videos
+from .video import announced_frame_count, check_frame_count
 
 LAYOUT = """<dataset_path>/
 ├── Release/
@@ -42,6 +43,8 @@ SUBSET_CODES = {'train': '0', 'test': '1'}
 # One row of a2d_annotation.txt is a known annotation mistake (video T6bNPuKV-wY).
 BROKEN_INSTANCE_ID = '1 (copy)'
 VIDEO_FOLDERS = ('clips320H', 'CLIPS320')  # the official code uses the first, its README the second
+# A clip that yields up to this many frames fewer than its container lists is read with a warning (windows near
+# its end may be off by as many frames); more is an error: the file is truncated or damaged.
 
 
 def normalize_query(text_query: str) -> str:
@@ -60,7 +63,7 @@ def read_videoset(path: Path) -> Dict[str, str]:
             if len(row) != 9 or row[8] not in ('0', '1'):
                 raise ValueError(f'{path}, line {line_number}: expected 9 comma-separated columns without a header, '
                                  f'the last being the subset (0 train, 1 test); got {row}')
-            subsets[row[0]] = row[8]
+            subsets[safe_name(row[0], 'video id', f'{path}, line {line_number}')] = row[8]
     check_row_count(path, len(subsets), FULL_VIDEOSET_ROWS)
     return subsets
 
@@ -77,6 +80,7 @@ def read_text_annotations(path: Path) -> List[Tuple[str, int, str]]:
         if len(row) != 3:
             raise ValueError(f'{path}, line {line_number}: expected 3 columns (video_id,instance_id,query), got {row}')
         video_id, instance_id, query = row
+        safe_name(video_id, 'video id', f'{path}, line {line_number}')
         if instance_id == BROKEN_INSTANCE_ID:
             continue
         if not instance_id.isdigit():
@@ -182,10 +186,14 @@ class ClipReader:
         if path not in self._timestamps:
             with av.open(path) as container:
                 stream = self._video_stream(container, path)
-                timestamps = sorted({packet.pts for packet in container.demux(stream)
+                announced = announced_frame_count(stream)
+                packets = [packet for packet in container.demux(stream) if packet.size > 0]
+                timestamps = sorted({packet.pts for packet in packets
                                      if packet.pts is not None and packet.pts >= 0 and not packet.is_discard})
             if not timestamps:
                 raise RuntimeError(f'the video {path} has no frames')
+            # a clip cut short after its index (an mp4 written with its index first) demuxes without an error
+            check_frame_count(path, announced, len(packets), RuntimeError, 'read')
             self._timestamps[path] = timestamps
         return self._timestamps[path]
 
@@ -221,6 +229,7 @@ class ClipReader:
                       if frame.pts is not None and frame.pts >= 0}
         if not frames:
             raise RuntimeError(f'the video {path} has no frames')
+        check_frame_count(path, len(self._frame_timestamps(path)), len(frames), RuntimeError)
         return [frames[pts] for pts in sorted(frames)]
 
 
@@ -338,6 +347,11 @@ class A2DSentencesDataset(Dataset):
 
     def __len__(self):
         return len(self.items)
+
+    def describe(self, idx) -> str:
+        """Which sample item `idx` is, for error messages."""
+        _, video_id, frame, _ = self.samples[self.items[idx][0]]
+        return f'video {video_id}, frame {frame}'
 
     def __getitem__(self, idx):
         samples = [self.samples[i] for i in self.items[idx]]

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import metrics
-from models.postprocessing import A2DSentencesPostProcess, binary_masks_at_input_size
-from utils import all_gather_lists, is_main_process
+from models.postprocessing import A2DSentencesPostProcess, binary_masks_at_input_size, mask_logits
+from utils import all_gather_lists, is_main_process, safe_name, writing
 from .evaluator import Evaluator
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .video import draw_overlay
@@ -39,7 +39,8 @@ class ReferringCOCOEvaluator(Evaluator):
         targets = [batch['targets'][i] for i in valid_indices]  # per valid frame, per query
         if self.pictures_left > 0:
             self._save_pictures(batch, outputs, targets[0])
-        flat_outputs = {key: outputs[key].flatten(0, 1) for key in ('pred_masks', 'pred_is_referred')}
+        flat_outputs = {'pred_masks': mask_logits(outputs).flatten(0, 1),
+                        'pred_is_referred': outputs['pred_is_referred'].flatten(0, 1)}
         flat_targets = [target for frame in targets for target in frame]
         processed = self.postprocessor(flat_outputs, batch['samples'].tensors.shape[-2:],
                                        [t['size'] for t in flat_targets], [t['orig_size'] for t in flat_targets])
@@ -63,7 +64,8 @@ class ReferringCOCOEvaluator(Evaluator):
     def _save_pictures(self, batch, outputs, targets):
         """The annotated frame (the first valid one) of each query: its top-scored mask (left) and the ground truth
         (right), the query above."""
-        self.pictures_dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.pictures_dir, 'pictures folder'):
+            self.pictures_dir.mkdir(parents=True, exist_ok=True)
         samples = batch['samples']
         mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
         frame_position = batch['valid_indices'][0].item()
@@ -74,7 +76,7 @@ class ReferringCOCOEvaluator(Evaluator):
             image = Image.fromarray(frame.permute(1, 2, 0)[:h, :w].numpy())
             referred = outputs['pred_is_referred'][0, q].softmax(-1)[:, 0]  # [N]
             best = referred.argmax().item()
-            predicted = binary_masks_at_input_size(outputs['pred_masks'][0, q, best][None, None],
+            predicted = binary_masks_at_input_size(mask_logits(outputs)[0, q, best][None, None],
                                                    samples.tensors.shape[-2:])[0, 0, :h, :w].cpu().numpy()
             truth = target['masks'][target['referred_instance_idx']].cpu().numpy()
             scale = -(-PICTURE_MIN_HEIGHT // h)  # small frames are enlarged so the caption stays readable
@@ -84,8 +86,10 @@ class ReferringCOCOEvaluator(Evaluator):
             caption = f'prediction ({referred[best]:.2f}): {batch["text_queries"][q]}'
             panels = [draw_overlay(image, predicted, caption, (0, 200, 0)),
                       draw_overlay(image, truth, 'ground truth', (230, 40, 40))]
-            name = str(target['image_id']).replace('/', '_')
-            Image.fromarray(np.concatenate(panels, axis=1)).save(self.pictures_dir / f'{name}.png')
+            name = safe_name(str(target['image_id']).replace('/', '_').replace('\\', '_'), 'image id', 'the sample')
+            path = self.pictures_dir / f'{name}.png'
+            with writing(path, 'evaluation picture'):
+                Image.fromarray(np.concatenate(panels, axis=1)).save(path)
             self.pictures_left -= 1
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from utils import atomic_write, is_main_process
+from utils import atomic_write, is_main_process, safe_name
 from .a2d_sentences import normalize_query
 from .files import (cache_path, check_row_count, coco_ground_truth, load_or_build_json,
                     raise_if_missing, require_dataset_root, require_path, stat_fingerprint)
@@ -79,6 +79,7 @@ def generate_samples_metadata(root: Path, seed: int) -> List[list]:
         if len(row) != 2:
             raise ValueError(f'{annotations_path}, line {line_number}: expected 2 columns (video_id,query), got {row}')
         video_id, query = row
+        safe_name(video_id, 'video id', f'{annotations_path}, line {line_number}')
         frame_dirs = sorted((root / 'Rename_Images').glob(f'*/{video_id}'))
         mask_paths = sorted((root / 'puppet_mask').glob(f'*/{video_id}/puppet_mask.mat'))
         if not frame_dirs or not mask_paths:
@@ -104,7 +105,10 @@ def resolve_metadata_path(path: str, root: Path, metadata_file) -> Path:
     parts = Path(path).parts
     for folder in DATA_FOLDERS:
         if folder in parts:
-            return root.joinpath(*parts[parts.index(folder):])
+            below = parts[parts.index(folder):]
+            for part in below[1:]:
+                safe_name(part, f'a component of path {path!r}:', metadata_file)
+            return root.joinpath(*below)
     raise ValueError(f'{metadata_file}: path {path!r} contains neither {DATA_FOLDERS[0]} nor {DATA_FOLDERS[1]}')
 
 
@@ -162,6 +166,7 @@ class JHMDBSentencesDataset(Dataset):
                 raise ValueError(f'{path}: expected entries [video_id, frame_path, mask_path, total_frames, query], '
                                  f'got {entry!r}')
             video_id, frame_path, mask_path, total_frames, query = entry
+            safe_name(video_id, 'video id', path)
             samples.append((video_id, resolve_metadata_path(frame_path, self.root, path),
                             resolve_metadata_path(mask_path, self.root, path), int(total_frames),
                             normalize_query(query)))
@@ -183,6 +188,11 @@ class JHMDBSentencesDataset(Dataset):
 
     def __len__(self):
         return len(self.samples)
+
+    def describe(self, idx) -> str:
+        """Which sample item `idx` is, for error messages."""
+        video_id, frame_path = self.samples[idx][:2]
+        return f'video {video_id}, frame {frame_number(frame_path)}'
 
     def __getitem__(self, idx):
         video_id, frame_path, mask_path, total_frames, text_query = self.samples[idx]

@@ -5,18 +5,38 @@ annotated object (`anno_id`), `null` where the object is absent. An expression's
 its `anno_id`s' masks (`target_masks`). Training samples are windows of `window_size` frames per expression, as
 for Refer-YouTube-VOS (`expression_windows`). Scores are kept per expression under `<video>_<exp_id>`
 (`metrics.mevis_expression_scores`), never under the text: texts repeat.
+
+`MeViSDataset` trains on `train` and evaluates the split of the config key `mevis_eval_split`: `valid_u`, scored
+here (`MeViSEvaluator`), or `valid`, whose predictions go to the server as a zip with the video folders at its
+root (`MeViSSubmissionEvaluator`, `check_submission_zip`). `mask_dict.json` is read once and split into one small
+file per video under `cache_dir`, so a training item reads only its video's masks.
 """
+import io
 import json
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+from PIL import Image
 from pycocotools import mask as coco_mask
+from torch.utils.data import Dataset
+from tqdm import tqdm
 
+from metrics import mevis_expression_scores, mevis_summary
+from models.postprocessing import ReferYoutubeVOSPostProcess, referred_query_outputs
+from utils import all_gather_lists, atomic_write, is_main_process, safe_name, writing
 from .a2d_sentences import normalize_query
-from .files import check_row_count
+from .evaluator import Evaluator
+from .files import (SubsetWarning, cache_path, check_row_count, file_digest, load_or_build_json,
+                    require_dataset_root, require_path, stat_fingerprint)
+from .refer_youtube_vos import read_frame
 from .refer_youtube_vos import read_meta_expressions as read_expressions_json
 from .refer_youtube_vos import windows_of
+from .submission import SubmissionCheck, _mask_problem, expected_mask_names, write_submission_zip
+from .transforms import VideoTransforms, collate_videos, collate_whole_videos
 
 LAYOUT = """<dataset_path>/
 ├── train/
@@ -147,3 +167,296 @@ def train_samples(videos: Mapping[str, dict], mask_dict: Mapping[str, list],
             skipped += expression_skipped
             samples.extend([video_id, window, exp_id, expression['anno_id'], expression['exp']] for window in windows)
     return samples, skipped
+
+
+def expression_target(video_masks: Mapping[str, list], video_frames: Sequence[str], anno_ids: Sequence[str],
+                      frame_names: Sequence[str], frame_size: Tuple[int, int]) -> np.ndarray:
+    """`[T, H, W]` bool: `target_masks` of the frames `frame_names` (in that order) of a video whose mask_dict
+    entries `video_masks` are aligned with `video_frames`."""
+    anno_ids = [str(anno_id) for anno_id in anno_ids]
+    missing = [anno_id for anno_id in anno_ids if anno_id not in video_masks]
+    if missing:
+        raise ValueError(f'anno_id {missing[0]} is not in mask_dict.json')
+    position = {frame: t for t, frame in enumerate(video_frames)}
+    selected = {anno_id: [video_masks[anno_id][position[frame]] for frame in frame_names] for anno_id in anno_ids}
+    return target_masks(selected, anno_ids, len(frame_names), frame_size)
+
+
+def split_mask_dict(mask_dict_path: Path, videos: Mapping[str, dict], out_dir: Path) -> List[str]:
+    """Write `<out_dir>/<video>.json`, `{anno_id: [RLE or null per frame]}` with the anno_ids of the video's
+    expressions, for every video of `videos` (`read_meta_expressions`); returns the video ids."""
+    mask_dict = read_mask_dict(mask_dict_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for video_id, video in tqdm(videos.items(), desc='MeViS masks per video', disable=not is_main_process()):
+        anno_ids = sorted({anno_id for expression in video['expressions'].values()
+                           for anno_id in expression['anno_id']})
+        try:
+            video_masks = {anno_id: _object_rles(mask_dict, anno_id, len(video['frames'])) for anno_id in anno_ids}
+        except ValueError as e:
+            raise ValueError(f'{mask_dict_path}: video {video_id}: {e}') from e
+        atomic_write(out_dir / f'{video_id}.json', lambda f: json.dump(video_masks, f), mode='w')
+    return list(videos)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loader
+
+class MeViSDataset(Dataset):
+    """Training items: `(frames [T, 3, H, W], targets, text_query)`, a target dict per frame whose instances are
+    the expression's target (the union of its objects, `referred_instance_idx` 0) and each other annotated object
+    of the video that is visible in the window. Evaluation items: a whole video with all its expressions,
+    `(frames, [[None] * T per expression], [text queries], [metadata per expression])` (see
+    `transforms.collate_videos`), so the video is encoded once."""
+
+    def __init__(self, image_set: str, dataset_path: str, window_size: int, transforms: VideoTransforms,
+                 cache_dir: str, eval_split: str = 'valid_u'):
+        if image_set not in ('train', 'test'):
+            raise ValueError(f"mevis: image_set must be 'train' or 'test', got {image_set!r}")
+        if eval_split not in ('valid_u', 'valid'):
+            raise ValueError(f"mevis: the evaluated split (config key mevis_eval_split) must be 'valid_u' or 'valid', "
+                             f"got {eval_split!r}")
+        self.root = require_dataset_root(Path(dataset_path).expanduser(), 'mevis', LAYOUT)
+        self.image_set = image_set
+        self.split = 'train' if image_set == 'train' else eval_split
+        self.transforms = transforms
+        self.collator = collate_videos if image_set == 'train' else collate_whole_videos
+        split_dir = require_path(self.root / self.split, f'{self.split} folder', LAYOUT)
+        self.frames_dir = require_path(split_dir / 'JPEGImages', f'{self.split} frame folder', LAYOUT)
+        self.meta_path = require_path(split_dir / 'meta_expressions.json', f'{self.split} expressions file', LAYOUT)
+        self.videos = read_meta_expressions(self.meta_path, self.split)
+        self.masks_dir = None
+        if self.split in SPLITS_WITH_MASKS:
+            self.masks_dir = self._split_masks(split_dir, cache_dir)
+        if image_set == 'train':
+            samples_cache = cache_path(cache_dir, 'mevis', f'samples_train_ws{window_size}', masks=self.masks_dir.name,
+                                       window_size=window_size)
+            built = load_or_build_json(samples_cache, lambda: self._build_train_samples(window_size),
+                                       f'the MeViS train sample list (window {window_size})')
+            self.samples = [tuple(sample) for sample in built['samples']]
+            if is_main_process():
+                print(f'MeViS train: {len(self.samples)} windows; {built["skipped"]} windows in which the referred '
+                      f'objects are absent from every frame are left out')
+        else:
+            self.samples = [(video_id, sorted(video['frames']),
+                             [(exp_id, expression['exp']) for exp_id, expression in video['expressions'].items()])
+                            for video_id, video in self.videos.items() if video['expressions']]
+
+    def _split_masks(self, split_dir: Path, cache_dir: str) -> Path:
+        """The folder of the split's per-video mask files (`split_mask_dict`), built once."""
+        mask_dict_path = require_path(split_dir / 'mask_dict.json', f'{self.split} masks file', LAYOUT)
+        index = cache_path(cache_dir, 'mevis', f'masks_{self.split}', dataset_path=str(self.root.resolve()),
+                           meta=file_digest(self.meta_path), masks=stat_fingerprint([mask_dict_path], self.root))
+        masks_dir = index.with_suffix('')
+        load_or_build_json(index, lambda: split_mask_dict(mask_dict_path, self.videos, masks_dir),
+                           f'the MeViS {self.split} masks, one file per video')
+        return masks_dir
+
+    def _build_train_samples(self, window_size: int) -> dict:
+        samples, skipped = [], 0
+        for video_id, video in tqdm(self.videos.items(), desc='MeViS train samples', disable=not is_main_process()):
+            video_samples, video_skipped = train_samples({video_id: video}, self.video_masks(video_id), window_size)
+            samples += video_samples
+            skipped += video_skipped
+        return {'samples': samples, 'skipped': skipped}
+
+    def video_masks(self, video_id: str) -> Dict[str, list]:
+        """`{anno_id: [RLE or None per frame]}` of the objects the video's expressions refer to."""
+        with open(self.masks_dir / f'{video_id}.json') as f:
+            return json.load(f)
+
+    def target(self, video_id: str, exp_id: str, frame_names: Sequence[str], frame_size: Tuple[int, int]) -> np.ndarray:
+        """`[T, H, W]` bool: the expression's target in the frames `frame_names` (train and valid_u)."""
+        return expression_target(self.video_masks(video_id), self.videos[video_id]['frames'],
+                                 self.videos[video_id]['expressions'][exp_id]['anno_id'], frame_names, frame_size)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def describe(self, idx) -> str:
+        """Which sample item `idx` is, for error messages."""
+        if self.image_set == 'train':
+            video_id, window, exp_id = self.samples[idx][:3]
+            return f'video {video_id}, expression {exp_id}, frames {window[0]}-{window[-1]}'
+        return f'video {self.samples[idx][0]}'
+
+    def __getitem__(self, idx):
+        if self.image_set == 'train':
+            return self._train_item(*self.samples[idx])
+        return self._eval_item(*self.samples[idx])
+
+    def _train_item(self, video_id, window, exp_id, anno_ids, text_query):
+        frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in window]
+        frame_size = (frames[0].height, frames[0].width)
+        video_masks = self.video_masks(video_id)
+        video_frames = self.videos[video_id]['frames']
+        referred = expression_target(video_masks, video_frames, anno_ids, window, frame_size)  # [T, H, W]
+        others = [masks for masks in (expression_target(video_masks, video_frames, [anno_id], window, frame_size)
+                                      for anno_id in video_masks if anno_id not in anno_ids) if masks.any()]
+        masks = torch.from_numpy(np.stack([referred, *others], axis=1)).to(torch.uint8)  # [T, N, H, W]
+        targets = []
+        for frame, frame_masks in zip(window, masks):
+            targets.append({'masks': frame_masks,
+                            'referred_instance_idx': torch.tensor(0),
+                            'is_ref_inst_visible': frame_masks[0].any(),
+                            'orig_size': frame_size,
+                            'size': torch.tensor(frame_size),
+                            'iscrowd': torch.zeros(len(frame_masks)),
+                            'image_id': f'v_{video_id}_f_{frame}'})
+        return self.transforms(frames, targets, text_query)
+
+    def _eval_item(self, video_id, frame_names, expressions):
+        frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in frame_names]
+        original_size = (frames[0].height, frames[0].width)
+        video, _, _ = self.transforms(frames, [None] * len(frames), '')
+        metadata = [{'video_id': video_id,
+                     'exp_id': exp_id,
+                     'frame_indices': frame_names,
+                     'original_frame_size': original_size,
+                     'resized_frame_size': tuple(video.shape[-2:])} for exp_id, _ in expressions]
+        return video, [[None] * len(frames) for _ in expressions], [text for _, text in expressions], metadata
+
+
+# --------------------------------------------------------------------------------------------------------------
+# evaluators
+
+def predicted_masks(batch, outputs, postprocessor: ReferYoutubeVOSPostProcess):
+    """`(metadata, masks [T, H0, W0] uint8 0/255)` of every expression of an evaluation batch, at the frames'
+    original size, each from its own frames (a shorter video of the batch was padded in time)."""
+    padded_size = batch['samples'].tensors.shape[-2:]
+    for q, metadata in enumerate(batch['videos_metadata']):
+        num_frames = len(metadata['frame_indices'])
+        (prediction,) = postprocessor(referred_query_outputs(outputs, q, num_frames), [metadata], padded_size)
+        yield metadata, prediction['pred_masks'][:, 0].numpy() * 255
+
+
+def write_masks(out_dir: Path, video_id: str, exp_id: str, frame_names: Sequence[str], masks: np.ndarray):
+    """`<out_dir>/<video>/<exp_id>/<frame>.png`, single-channel 0/255 PNGs (the server's format)."""
+    # (the dataset checked these names; an evaluator may be handed other metadata)
+    expression_dir = (out_dir / safe_name(video_id, 'video id', 'the sample metadata')
+                      / safe_name(str(exp_id), 'expression id', 'the sample metadata'))
+    with writing(expression_dir, 'predictions folder'):
+        expression_dir.mkdir(parents=True, exist_ok=True)
+    for frame_name, mask in zip(frame_names, masks):
+        path = expression_dir / f'{safe_name(frame_name, "frame name", "the sample metadata")}.png'
+        with writing(path, 'predicted mask'):
+            Image.fromarray(mask).save(path)
+
+
+class MeViSEvaluator(Evaluator):
+    """valid_u: writes each expression's masks as `<out_dir>/<video>/<exp_id>/<frame>.png` and scores them against
+    the ground truth as its batch is evaluated; summarize gives J, F and J&F over the expressions of all
+    processes (`metrics.mevis_summary`)."""
+    best_metric = 'J&F'
+    higher_is_better = True
+
+    def __init__(self, dataset: MeViSDataset, out_dir: Path):
+        self.dataset, self.out_dir = dataset, Path(out_dir)
+        self.postprocessor = ReferYoutubeVOSPostProcess()
+        self.scores: List[Tuple[str, Tuple[float, float]]] = []
+
+    def update(self, batch, outputs):
+        for metadata, masks in predicted_masks(batch, outputs, self.postprocessor):
+            video_id, exp_id, frame_names = metadata['video_id'], metadata['exp_id'], metadata['frame_indices']
+            write_masks(self.out_dir, video_id, exp_id, frame_names, masks)
+            target = self.dataset.target(video_id, exp_id, frame_names, masks.shape[1:])
+            self.scores += mevis_expression_scores([(video_id, exp_id, target, masks)]).items()
+
+    def summarize(self):
+        scores = all_gather_lists(self.scores)
+        if not is_main_process():
+            return None
+        expression_scores = dict(scores)
+        if len(expression_scores) != len(scores):
+            raise ValueError('an expression was evaluated twice')
+        summary = mevis_summary(expression_scores)
+        print(f'MeViS {self.dataset.split}: {len(expression_scores)} expressions of '
+              f'{len({key.rsplit("_", 1)[0] for key in expression_scores})} videos\n'
+              f'  J&F {100 * summary["J&F"]:.2f}   J {100 * summary["J"]:.2f}   F {100 * summary["F"]:.2f}')
+        return {**summary, 'expressions': len(expression_scores), 'predictions': str(self.out_dir)}
+
+
+class MeViSSubmissionEvaluator(Evaluator):
+    """valid: writes each expression's masks as `<out_dir>/<video>/<exp_id>/<frame>.png`, then the server's zip
+    (video folders at its root), checked against the split's expressions. There is no local score, so
+    `best.pth.tar` follows the lowest mean training loss (as for Refer-YouTube-VOS)."""
+    best_metric = 'training loss'
+    higher_is_better = False
+    checkpoint_key = 'best_loss'
+
+    def __init__(self, dataset: MeViSDataset, out_dir: Path, zip_path: Path):
+        self.dataset, self.out_dir, self.zip_path = dataset, Path(out_dir), Path(zip_path)
+        self.postprocessor = ReferYoutubeVOSPostProcess()
+        self.expressions = 0
+
+    def update(self, batch, outputs):
+        for metadata, masks in predicted_masks(batch, outputs, self.postprocessor):
+            write_masks(self.out_dir, metadata['video_id'], metadata['exp_id'], metadata['frame_indices'], masks)
+            self.expressions += 1
+
+    def summarize(self):
+        expressions = sum(all_gather_lists([self.expressions]))  # also waits for every process's masks
+        if not is_main_process():
+            return None
+        write_submission_zip(self.out_dir, self.zip_path, archive_dir=None)
+        # the masks were written here: the names are what can go wrong (a video or an expression left out)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', SubsetWarning)  # (the dataset warned about its row counts)
+            check = check_submission_zip(self.zip_path, self.dataset.meta_path, check_masks=False)
+        print(check.summary())
+        return {'submission_zip': str(self.zip_path), 'expressions': expressions,
+                'submission_check': 'OK' if check.ok else f'NOT READY: {len(check.missing)} masks missing'}
+
+    def best_score(self, metrics, train_losses):
+        return train_losses['loss']
+
+    def describe(self, metrics):
+        return f'submission zip {metrics["submission_zip"]} ({metrics["submission_check"]})'
+
+
+def check_submission_zip(zip_path, meta_path, dataset_root=None, check_masks: bool = True,
+                         show_progress: bool = True) -> SubmissionCheck:
+    """Check a MeViS valid zip against the split's `meta_expressions.json`: a mask `<video>/<exp_id>/<frame>.png`
+    at the zip's root for every expression and frame, nothing else; with `check_masks`, each mask single-channel
+    with values 0 and 255 and, when `dataset_root` is given, the size of `<root>/valid/JPEGImages/<video>/
+    <frame>.jpg`. Raises only for missing inputs; what is wrong inside the zip is reported in the result."""
+    videos = read_meta_expressions(meta_path, 'valid')
+    expected = expected_mask_names(videos)
+    frames_dir = None
+    if dataset_root is not None:
+        frames_dir = require_path(Path(dataset_root) / 'valid' / 'JPEGImages', 'valid frame folder', LAYOUT)
+    zip_path = Path(zip_path)
+    if not zipfile.is_zipfile(zip_path):
+        raise FileNotFoundError(f'submission zip not found or not a zip: {zip_path}')
+    result = SubmissionCheck(str(zip_path), len(expected))
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set()
+        for entry in archive.namelist():
+            if entry.endswith('/'):
+                continue
+            if entry.endswith('.png') and entry.count('/') == 2 and not entry.startswith('Annotations/'):
+                names.add(entry)
+            else:
+                result.problems.append(f'unexpected zip entry {entry!r} (the server expects '
+                                       f'<video>/<exp_id>/<frame>.png at the zip\'s root)')
+        result.missing = [name for name in expected if name not in names]
+        result.unexpected = sorted(names - set(expected))
+        if check_masks:
+            present = [name for name in expected if name in names]
+            for name in tqdm(present, desc='checking masks', disable=not show_progress):
+                image = Image.open(io.BytesIO(archive.read(name)))
+                problem = _mask_problem(image, name, frames_dir)
+                if problem:
+                    result.problems.append(f'{name}: {problem}')
+    return result
+
+
+def build(image_set: str, config, transforms: VideoTransforms) -> MeViSDataset:
+    return MeViSDataset(image_set, config.dataset_path, config.window_size, transforms, config.cache_dir,
+                        eval_split=config.mevis_eval_split)
+
+
+def build_evaluator(config, dataset: MeViSDataset, run_dir: Path, epoch: int) -> Evaluator:
+    out_dir = run_dir / 'mevis' / dataset.split
+    if dataset.split == 'valid':
+        return MeViSSubmissionEvaluator(dataset, out_dir / f'epoch_{epoch}', out_dir / f'submission_epoch_{epoch}.zip')
+    return MeViSEvaluator(dataset, out_dir / f'epoch_{epoch}')

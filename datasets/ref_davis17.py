@@ -7,24 +7,39 @@ run once per object; the per-object probabilities become one label map per frame
 DAVIS palette PNGs (`write_label_maps`) and scored with the DAVIS-2017 unsupervised protocol
 (`metrics.davis_unsupervised_scores`).
 
-The text files and the DAVIS folder are read in place (the usual conversion script moves them around).
+The text files and the DAVIS folder are read in place (the usual conversion script moves them around); the
+converted expression list is cached under `cache_dir`. `RefDavis17Dataset` gives one item per val video with all
+its objects' expressions of the four sets, so the video is encoded once; `RefDavis17Evaluator` writes the label
+maps and scores them.
 """
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
 
-from .files import check_row_count, require_dataset_root, require_path
-from .refer_youtube_vos import read_mask
+from metrics import (REF_DAVIS17_EXPRESSION_SETS, DavisVideoScores, davis_unsupervised_scores_many,
+                     ref_davis17_scores)
+from models.postprocessing import referred_query_outputs
+from utils import all_gather_lists, get_rank, get_world_size, is_main_process, safe_name, writing
+from .a2d_sentences import normalize_query
+from .evaluator import Evaluator
+from .files import (cache_path, check_row_count, file_digest, load_or_build_json, require_dataset_root,
+                    require_path, stat_fingerprint)
+from .refer_youtube_vos import read_frame, read_mask
+from .transforms import VideoTransforms, collate_whole_videos
 
 LAYOUT = """<dataset_path>/
 ├── DAVIS/                                (DAVIS-2017 trainval 480p, the unsupervised release)
 │   ├── JPEGImages/480p/<video>/<frame:05d>.jpg
 │   ├── Annotations_unsupervised/480p/<video>/<frame:05d>.png   (palette PNG: object id, 0 background, 255 void)
 │   └── ImageSets/2017/val.txt            (one video name a line; also train.txt)
-└── davis_text_annotations/               (lines: <video> <object id> "<expression>")
+└── davis_text_annotations/               (lines: <video> <object id> "<expression>"; or the folder of the
+                                           config key davis_text_annotations_path)
     ├── Davis17_annot1.txt                (UTF-8)
     ├── Davis17_annot1_full_video.txt     (UTF-8)
     ├── Davis17_annot2.txt                (Latin-1)
@@ -41,6 +56,10 @@ FULL_VAL_VIDEOS = 30
 FULL_VAL_EXPRESSIONS = 244  # 61 objects x 4 sets
 BACKGROUND_SCORE = 0.1
 MASK_THRESHOLD = 0.5
+# Frames turned into label maps at a time: bounds the memory of the full-resolution probabilities.
+LABEL_MAP_CHUNK = 8
+SET_NAMES = ('annotator 1, first frame', 'annotator 1, full video', 'annotator 2, first frame',
+             'annotator 2, full video')
 
 
 def _voc_palette() -> bytes:
@@ -108,8 +127,9 @@ def read_expressions(text_dir: Path) -> Dict[str, Dict[int, Tuple[Optional[str],
 
 
 def read_video_list(path: Path) -> List[str]:
-    """The video names of an `ImageSets/2017/<split>.txt` file, in file order."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    """The video names of an `ImageSets/2017/<split>.txt` file, in file order (each a plain folder name)."""
+    return [safe_name(line.strip(), 'video name', path) for line in Path(path).read_text().splitlines()
+            if line.strip()]
 
 
 def list_frames(video_dir: Path) -> List[str]:
@@ -145,14 +165,16 @@ def expression_records(expressions: Mapping[str, Mapping[int, Sequence[Optional[
     return records
 
 
-def read_expression_records(dataset_path, split: str = 'val') -> List[list]:
+def read_expression_records(dataset_path, split: str = 'val', text_dir=None) -> List[list]:
     """The expression records (`expression_records`) of the videos of `ImageSets/2017/<split>.txt`, with their
-    frames listed from `DAVIS/JPEGImages/480p/<video>/`."""
+    frames listed from `DAVIS/JPEGImages/480p/<video>/`; the text files are read from `text_dir` (default:
+    `<dataset_path>/davis_text_annotations`)."""
     root = require_dataset_root(Path(dataset_path).expanduser(), 'ref_davis17', LAYOUT)
     video_list_path = require_path(root / 'DAVIS' / 'ImageSets' / '2017' / f'{split}.txt', f'{split} video list',
                                    LAYOUT)
     video_ids = read_video_list(video_list_path)
-    expressions = read_expressions(require_path(root / 'davis_text_annotations', 'text annotation folder', LAYOUT))
+    text_dir = Path(text_dir).expanduser() if text_dir else root / 'davis_text_annotations'
+    expressions = read_expressions(require_path(text_dir, 'text annotation folder', LAYOUT))
     frames = {video_id: list_frames(root / 'DAVIS' / 'JPEGImages' / '480p' / video_id) for video_id in video_ids}
     records = expression_records(expressions, video_ids, frames)
     if split == 'val':
@@ -179,19 +201,26 @@ def label_maps(probabilities) -> np.ndarray:
     return torch.cat([background, scores]).argmax(dim=0).to(torch.uint8).cpu().numpy()
 
 
-def write_label_maps(out_dir, expression_set: int, video_id: str, maps: np.ndarray) -> Path:
-    """Write `maps` (`[T, H, W]` uint8) as `<out_dir>/anno_<expression_set>/<video_id>/<t:05d>.png`, palette PNGs
-    with the DAVIS palette (`DAVIS_PALETTE`, the PASCAL VOC colour map of the DAVIS annotations). Returns the
-    video's folder."""
+def write_label_maps(out_dir, expression_set: int, video_id: str, maps: np.ndarray,
+                     frame_names: Optional[Sequence[str]] = None) -> Path:
+    """Write `maps` (`[T, H, W]` uint8) as `<out_dir>/anno_<expression_set>/<video_id>/<frame>.png`, palette PNGs
+    with the DAVIS palette (`DAVIS_PALETTE`, the PASCAL VOC colour map of the DAVIS annotations); the frames are
+    named `frame_names`, by default `<t:05d>`. Returns the video's folder."""
     maps = np.asarray(maps)
     if maps.ndim != 3 or maps.dtype != np.uint8:
         raise ValueError(f'expected uint8 label maps [T, H, W], got {maps.dtype} {maps.shape}')
-    video_dir = Path(out_dir) / f'anno_{expression_set}' / video_id
-    video_dir.mkdir(parents=True, exist_ok=True)
-    for t, frame_labels in enumerate(maps):
+    frame_names = [f'{t:05d}' for t in range(len(maps))] if frame_names is None else list(frame_names)
+    if len(frame_names) != len(maps):
+        raise ValueError(f'{len(frame_names)} frame names for {len(maps)} label maps')
+    video_dir = Path(out_dir) / f'anno_{int(expression_set)}' / safe_name(video_id, 'video id', 'the label maps')
+    with writing(video_dir, 'label map folder'):
+        video_dir.mkdir(parents=True, exist_ok=True)
+    for frame_name, frame_labels in zip(frame_names, maps):
         image = Image.fromarray(frame_labels)
         image.putpalette(DAVIS_PALETTE)  # makes it a palette ('P') image
-        image.save(video_dir / f'{t:05d}.png')
+        path = video_dir / f'{safe_name(frame_name, "frame name", "the label maps")}.png'
+        with writing(path, 'label map'):
+            image.save(path)
     return video_dir
 
 
@@ -202,3 +231,206 @@ def read_label_maps(video_dir: Path) -> Tuple[List[str], np.ndarray]:
     if not paths:
         raise ValueError(f'{video_dir}: no .png label maps')
     return [p.stem for p in paths], np.stack([read_mask(p) for p in paths])
+
+
+def read_predicted_label_maps(video_dir: Path, frame_names: Sequence[str], frame_size: Tuple[int, int]) -> np.ndarray:
+    """`[T, H, W]` predicted label maps of `video_dir` for the ground truth's frames, each a single-channel
+    (palette or grayscale) PNG of the ground truth's size; what is missing or malformed is an error naming the
+    file."""
+    maps = []
+    for frame_name in frame_names:
+        path = Path(video_dir) / f'{frame_name}.png'
+        if not path.is_file():
+            raise FileNotFoundError(f'predicted label map not found: {path} (expected one PNG per ground-truth frame, '
+                                    f'<predictions>/anno_<set>/<video>/<frame>.png)')
+        labels = read_mask(path)
+        if labels.shape != tuple(frame_size):
+            raise ValueError(f'{path}: {labels.shape[0]}x{labels.shape[1]} (HxW), but the ground-truth frame is '
+                             f'{frame_size[0]}x{frame_size[1]}')
+        maps.append(labels)
+    return np.stack(maps)
+
+
+def score_video(predictions_dir, annotations_dir, video_id: str,
+                expression_sets: Sequence[int] = range(REF_DAVIS17_EXPRESSION_SETS)) -> List[DavisVideoScores]:
+    """The DAVIS-2017 unsupervised scores of one video's label maps `<predictions_dir>/anno_<a>/<video>/` for each
+    expression set `a`, against `<annotations_dir>/<video>/` (`Annotations_unsupervised/480p`); the ground truth
+    is read once for all sets."""
+    frame_names, ground_truth = read_label_maps(Path(annotations_dir) / video_id)
+    predictions = [read_predicted_label_maps(Path(predictions_dir) / f'anno_{a}' / video_id, frame_names,
+                                             ground_truth.shape[1:]) for a in expression_sets]
+    return davis_unsupervised_scores_many(ground_truth, predictions)
+
+
+def format_scores(results: Mapping[str, Mapping[str, float]], num_videos: int, num_objects: int) -> str:
+    """`metrics.ref_davis17_scores` as a table in percent: one row per expression set, then their mean."""
+    lines = [f'Ref-DAVIS17, DAVIS-2017 unsupervised protocol: {num_videos} videos, {num_objects} objects',
+             f'  {"expression set":<36} {"J&F":>6} {"J":>6} {"F":>6}']
+    for name, scores in results.items():
+        label = f'{name} ({SET_NAMES[int(name[5:])]})' if name.startswith('anno_') else 'mean (the reported number)'
+        lines.append(f'  {label:<36} {100 * scores["J&F"]:6.2f} {100 * scores["J"]:6.2f} {100 * scores["F"]:6.2f}')
+    return '\n'.join(lines)
+
+
+def flat_metrics(results: Mapping[str, Mapping[str, float]]) -> Dict[str, float]:
+    """`{'J&F', 'J', 'F'}` of the mean over the sets, then `'anno_<a> J&F'`, ... of each set."""
+    metrics = dict(results['mean'])
+    for name, scores in results.items():
+        if name != 'mean':
+            metrics.update({f'{name} {key}': value for key, value in scores.items()})
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loader and evaluator
+
+class RefDavis17Dataset(Dataset):
+    """Evaluation items (the val split; there is no training split): one video with the expressions of all its
+    objects in the four sets, `(frames [T, 3, H, W], [[None] * T per expression], [text queries], [metadata per
+    expression])` (see `transforms.collate_videos`), so the video is encoded once for its 4 x objects queries.
+
+    The metadata of an expression gives its video, `exp_id`, `obj_id`, `expression_set` (`exp_id % 4`), `label`
+    (k for the k-th object of the video, the value it gets in the label maps), the frame names and sizes.
+    """
+
+    def __init__(self, image_set: str, dataset_path: str, transforms: VideoTransforms, cache_dir: str,
+                 text_annotations_path: Optional[str] = None):
+        if image_set != 'test':
+            raise ValueError(f"ref_davis17: image_set must be 'test' (evaluation only), got {image_set!r}")
+        self.root = require_dataset_root(Path(dataset_path).expanduser(), 'ref_davis17', LAYOUT)
+        self.transforms = transforms
+        self.collator = collate_whole_videos
+        self.frames_dir = require_path(self.root / 'DAVIS' / 'JPEGImages' / '480p', 'DAVIS frame folder', LAYOUT)
+        self.annotations_dir = require_path(self.root / 'DAVIS' / 'Annotations_unsupervised' / '480p',
+                                            'DAVIS unsupervised annotations folder', LAYOUT)
+        text_dir = Path(text_annotations_path).expanduser() if text_annotations_path \
+            else self.root / 'davis_text_annotations'
+        video_list_path = require_path(self.root / 'DAVIS' / 'ImageSets' / '2017' / 'val.txt', 'val video list',
+                                       LAYOUT)
+        text_paths = [require_path(text_dir / name, 'Ref-DAVIS17 text annotations', LAYOUT)
+                      for name, _ in EXPRESSION_SETS]
+        video_dirs = [self.frames_dir / video_id for video_id in read_video_list(video_list_path)]
+        try:
+            frames_fingerprint = stat_fingerprint(video_dirs, self.root)  # a folder's mtime follows its files
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f'DAVIS frame folder not found: {e.filename} (a video of {video_list_path})\n'
+                                    f'Expected layout:\n{LAYOUT}') from e
+        records_cache = cache_path(cache_dir, 'ref_davis17', 'val_expressions',
+                                   dataset_path=str(self.root.resolve()), text_dir=str(text_dir.resolve()),
+                                   video_list=file_digest(video_list_path),
+                                   texts=[file_digest(path) for path in text_paths], frames=frames_fingerprint)
+        records = load_or_build_json(records_cache, lambda: read_expression_records(self.root, 'val', text_dir),
+                                     'the Ref-DAVIS17 val expressions')
+        samples: Dict[str, list] = {}
+        for video_id, frames, meta in records:
+            samples.setdefault(video_id, [video_id, frames, []])[2].append(
+                (meta['exp_id'], meta['obj_id'], normalize_query(meta['exp'])))
+        self.samples = list(samples.values())
+
+    @property
+    def video_ids(self) -> List[str]:
+        return [video_id for video_id, _, _ in self.samples]
+
+    def describe(self, index) -> str:
+        """Which video item `index` is, for error messages."""
+        return f'video {self.samples[index][0]}'
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        video_id, frame_names, expressions = self.samples[index]
+        frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in frame_names]
+        original_size = (frames[0].height, frames[0].width)
+        video, _, _ = self.transforms(frames, [None] * len(frames), '')
+        metadata = [{'video_id': video_id,
+                     'exp_id': exp_id,
+                     'obj_id': obj_id,
+                     'expression_set': int(exp_id) % REF_DAVIS17_EXPRESSION_SETS,
+                     'label': int(exp_id) // REF_DAVIS17_EXPRESSION_SETS + 1,
+                     'frame_indices': frame_names,
+                     'original_frame_size': original_size,
+                     'resized_frame_size': tuple(video.shape[-2:])} for exp_id, obj_id, _ in expressions]
+        return video, [[None] * len(frames) for _ in expressions], [text for _, _, text in expressions], metadata
+
+
+def referred_mask_logits(outputs: Dict[str, torch.Tensor], query: int, num_frames: int) -> torch.Tensor:
+    """`[T, h, w]` mask logits of the object query chosen for text query `query` over its `num_frames` frames
+    (`models.postprocessing.referred_query_outputs`: as Refer-YouTube-VOS's post-processing chooses it)."""
+    return referred_query_outputs(outputs, query, num_frames)['pred_masks'][:, 0, 0]
+
+
+def video_label_maps(object_logits: torch.Tensor, padded_size, resized_size, original_size):
+    """Label maps `[t, H0, W0]` (uint8 numpy) from the chosen queries' mask logits `[K, t, h, w]` of the K objects
+    of a video, as Refer-YouTube-VOS's post-processing treats one mask: bilinear upsampling to the padded input
+    size, padding cropped, nearest resize to the original frame size; the per-object probabilities (sigmoid)
+    become labels before the last resize (`label_maps`), which picks pixels and so commutes with it."""
+    logits = F.interpolate(object_logits.float(), size=[int(x) for x in padded_size], mode='bilinear',
+                           align_corners=False)  # [K, t, H, W]
+    height, width = (int(x) for x in resized_size)
+    maps = torch.from_numpy(label_maps(logits[..., :height, :width].sigmoid()))  # [t, h', w']
+    maps = F.interpolate(maps[None].float(), size=[int(x) for x in original_size], mode='nearest')[0]
+    return maps.to(torch.uint8).numpy()
+
+
+class RefDavis17Evaluator(Evaluator):
+    """Label maps of every (video, expression set) as each batch is evaluated, written as
+    `<out_dir>/anno_<a>/<video>/<frame>.png`; then the DAVIS-2017 unsupervised scores of each set and their mean
+    (`metrics.ref_davis17_scores`), the processes scoring a share of the videos each."""
+    best_metric = 'J&F'
+    higher_is_better = True
+
+    def __init__(self, out_dir: Path, annotations_dir: Path, video_ids: Sequence[str]):
+        self.out_dir, self.annotations_dir, self.video_ids = Path(out_dir), Path(annotations_dir), list(video_ids)
+        self.written = set()  # the videos whose label maps this process wrote
+
+    def update(self, batch, outputs):
+        padded_size = batch['samples'].tensors.shape[-2:]
+        groups: Dict[Tuple[str, int], list] = {}  # (video, expression set) -> [(label, query, metadata)]
+        for query, metadata in enumerate(batch['videos_metadata']):
+            groups.setdefault((metadata['video_id'], metadata['expression_set']), []).append(
+                (metadata['label'], query, metadata))
+        for (video_id, expression_set), queries in groups.items():
+            queries.sort(key=lambda item: item[0])
+            labels = [label for label, _, _ in queries]
+            if labels != list(range(1, len(labels) + 1)):
+                raise ValueError(f'video {video_id}, expression set {expression_set}: expected one expression per '
+                                 f'object, labels 1..{len(labels)}, got {labels}')
+            metadata = queries[0][2]
+            frame_names = metadata['frame_indices']
+            object_logits = torch.stack([referred_mask_logits(outputs, query, len(frame_names))
+                                         for _, query, _ in queries])  # [K, T, h, w]
+            for start in range(0, len(frame_names), LABEL_MAP_CHUNK):
+                chunk = slice(start, start + LABEL_MAP_CHUNK)
+                maps = video_label_maps(object_logits[:, chunk], padded_size, metadata['resized_frame_size'],
+                                        metadata['original_frame_size'])
+                write_label_maps(self.out_dir, expression_set, video_id, maps, frame_names[chunk])
+            self.written.add(video_id)
+
+    def summarize(self):
+        written = set(all_gather_lists(sorted(self.written)))  # also waits for every process's label maps
+        videos = [video_id for video_id in self.video_ids if video_id in written]
+        share = videos[get_rank()::get_world_size()]
+        scores = [(video_id, score_video(self.out_dir, self.annotations_dir, video_id))
+                  for video_id in tqdm(share, desc='Ref-DAVIS17 J&F', unit='video', disable=not is_main_process())]
+        scores = dict(all_gather_lists(scores))
+        if not is_main_process():
+            return None
+        results = ref_davis17_scores({a: [scores[video_id][a] for video_id in videos]
+                                      for a in range(REF_DAVIS17_EXPRESSION_SETS)})
+        num_objects = sum(len(scores[video_id][0].j_mean) for video_id in videos)
+        print(format_scores(results, len(videos), num_objects))
+        return {**flat_metrics(results), 'videos': len(videos), 'objects': num_objects,
+                'label_maps': str(self.out_dir)}
+
+    def describe(self, metrics):
+        return f'J&F {metrics["J&F"]:.4f} (mean of the four expression sets)'
+
+
+def build(image_set: str, config, transforms: VideoTransforms) -> RefDavis17Dataset:
+    return RefDavis17Dataset(image_set, config.dataset_path, transforms, config.cache_dir,
+                             text_annotations_path=config.davis_text_annotations_path)
+
+
+def build_evaluator(config, dataset: RefDavis17Dataset, run_dir: Path, epoch: int) -> RefDavis17Evaluator:
+    return RefDavis17Evaluator(run_dir / 'ref_davis17' / f'epoch_{epoch}', dataset.annotations_dir, dataset.video_ids)

@@ -15,8 +15,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from models.postprocessing import ReferYoutubeVOSPostProcess
-from utils import all_gather_lists, is_main_process
+from models.postprocessing import ReferYoutubeVOSPostProcess, referred_query_outputs
+from utils import all_gather_lists, is_main_process, safe_name, writing
 from .a2d_sentences import normalize_query
 from .evaluator import Evaluator
 from .files import (cache_path, check_row_count, file_digest, load_or_build_json, require_dataset_root,
@@ -48,7 +48,8 @@ META_LAYOUT = ('{"videos": {<video>: {"expressions": {<exp_id>: {"exp": <text>, 
 
 def read_meta_expressions(path) -> Dict[str, dict]:
     """The `videos` mapping of a meta_expressions.json, with an error naming the file and the video when it does
-    not have that form."""
+    not have that form, or when a video id, expression id or frame name (they become folder and file names) is not
+    a plain name."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'meta expressions file not found: {path} (expected a JSON file {META_LAYOUT})')
@@ -65,6 +66,11 @@ def read_meta_expressions(path) -> Dict[str, dict]:
                 or not isinstance(video.get('frames'), list) or not video['frames']:
             raise ValueError(f'{path}: video {video_id!r} needs an "expressions" mapping and a non-empty "frames" '
                              f'list (expected {META_LAYOUT})')
+        safe_name(video_id, 'video id', path)
+        for exp_id in video['expressions']:
+            safe_name(exp_id, f'expression id of video {video_id}', path)
+        for frame in video['frames']:
+            safe_name(frame, f'frame name of video {video_id}', path)
     return videos
 
 
@@ -191,6 +197,13 @@ class ReferYouTubeVOSDataset(Dataset):
     def __len__(self):
         return len(self.samples)
 
+    def describe(self, idx) -> str:
+        """Which sample item `idx` is, for error messages."""
+        if self.image_set == 'train':
+            video_id, window, exp_id = self.samples[idx][:3]
+            return f'video {video_id}, expression {exp_id}, frames {window[0]}-{window[-1]}'
+        return f'video {self.samples[idx][0]}'
+
     def __getitem__(self, idx):
         if self.image_set == 'train':
             return self._train_item(*self.samples[idx])
@@ -252,13 +265,22 @@ class ReferYouTubeVOSEvaluator(Evaluator):
         for q, metadata in enumerate(batch['videos_metadata']):
             # the query's own frames: a shorter video of the batch was padded in time
             num_frames = len(metadata['frame_indices'])
-            query_outputs = {key: outputs[key][:num_frames, q:q + 1] for key in ('pred_masks', 'pred_is_referred')}
-            (prediction,) = self.postprocessor(query_outputs, [metadata], padded_size)
+            (prediction,) = self.postprocessor(referred_query_outputs(outputs, q, num_frames), [metadata], padded_size)
             masks = prediction['pred_masks'][:, 0].numpy() * 255  # [T, H0, W0] uint8
-            expression_dir = self.out_dir / 'Annotations' / metadata['video_id'] / str(metadata['exp_id'])
-            expression_dir.mkdir(parents=True, exist_ok=True)
+            # (the dataset checked these names; an evaluator may be handed other metadata)
+            video_id, exp_id = (safe_name(str(metadata[key]), key, 'the sample metadata')
+                                for key in ('video_id', 'exp_id'))
+            expression_dir = self.out_dir / 'Annotations' / video_id / exp_id
+            with writing(expression_dir, 'predictions folder'):
+                expression_dir.mkdir(parents=True, exist_ok=True)
             for frame_name, mask in zip(metadata['frame_indices'], masks):
-                Image.fromarray(mask).save(expression_dir / f'{frame_name}.png')
+                path = expression_dir / f'{safe_name(frame_name, "frame name", "the sample metadata")}.png'
+                with writing(path, 'predicted mask'):
+                    try:
+                        Image.fromarray(mask).save(path)
+                    except BaseException:
+                        path.unlink(missing_ok=True)  # no half-written mask (the folder is this evaluation's)
+                        raise
             self.expressions += 1
 
     def summarize(self):

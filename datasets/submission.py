@@ -6,15 +6,16 @@ layout from a folder or a zip (also for local scoring, tools/evaluate_refer_yout
 """
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Set
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from utils import atomic_write
+from utils import atomic_write, error_message, safe_name, writing
 from .refer_youtube_vos import read_meta_expressions
 
 ANNOTATIONS_DIR = 'Annotations'
@@ -31,7 +32,8 @@ class PredictionMasks:
     `Annotations` folder itself or a folder holding it) or in a submission zip (entries under `Annotations/`).
 
     `names` holds every mask found; `layout_problems` lists what does not fit the layout (a zip without the
-    `Annotations/` prefix, files at another depth).
+    `Annotations/` prefix, files at another depth, names such as `..`). A missing path, or a file that is not a
+    zip, raises an error naming it.
     """
 
     def __init__(self, path):
@@ -44,8 +46,12 @@ class PredictionMasks:
             self._root = nested if nested.is_dir() else self.path
             self.names: Set[str] = {p.relative_to(self._root).as_posix() for p in self._root.glob('*/*/*.png')
                                     if p.is_file()}
-        elif self.path.is_file() and zipfile.is_zipfile(self.path):
-            self._zip = zipfile.ZipFile(self.path)
+        elif self.path.is_file():
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as error:
+                raise ValueError(f'{self.path} is not a readable zip file ({error_message(error)}); expected a folder '
+                                 f'or a zip holding {ANNOTATIONS_DIR}/<video>/<exp_id>/<frame>.png') from error
             self.is_zip = True
             self._prefix, self.names = self._zip_names(self._zip.namelist())
         else:
@@ -64,18 +70,35 @@ class PredictionMasks:
         for entry in files:
             relative = entry[len(prefix):] if entry.startswith(prefix) else None
             if relative is not None and relative.endswith('.png') and relative.count('/') == 2:
+                try:
+                    for part in relative.split('/'):
+                        safe_name(part, 'name part', f'zip entry {entry!r}')
+                except ValueError as error:
+                    self.layout_problems.append(str(error))
+                    continue
                 names.add(relative)
             else:
                 self.layout_problems.append(f'unexpected zip entry {entry!r}')
         return prefix, names
 
     def open(self, name: str) -> Image.Image:
-        """The PNG `<video>/<exp_id>/<frame>.png`, loaded."""
+        """The PNG `<video>/<exp_id>/<frame>.png`, loaded; a ValueError names the file (or zip member) that
+        cannot be read as an image."""
         if self._zip is not None:
-            image = Image.open(io.BytesIO(self._zip.read(self._prefix + name)))
+            where = f'{self.path}, member {self._prefix + name}'
         else:
-            image = Image.open(self._root / name)
-        image.load()
+            where = str(self._root / name)
+        try:
+            if self._zip is not None:
+                image = Image.open(io.BytesIO(self._zip.read(self._prefix + name)))
+            else:
+                image = Image.open(self._root / name)
+            image.load()
+        except UnidentifiedImageError as error:  # (its message names the in-memory file, not the member)
+            raise ValueError(f'{where}: not a readable PNG (UnidentifiedImageError: not an image format PIL '
+                             'knows)') from error
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise ValueError(f'{where}: not a readable PNG ({type(error).__name__}: {error_message(error)})') from error
         return image
 
     def close(self):
@@ -113,7 +136,8 @@ def write_submission_zip(predictions_dir, zip_path, archive_dir: Optional[str] =
             for mask in masks:
                 archive.write(mask, f'{prefix}{mask.relative_to(root).as_posix()}')
 
-    atomic_write(zip_path, write)
+    with writing(zip_path, 'submission zip'):
+        atomic_write(zip_path, write)
     return Path(zip_path)
 
 
@@ -170,7 +194,12 @@ def check_submission_zip(zip_path, meta_path, dataset_root=None, exclude_videos:
         result.unexpected = sorted(masks.names - expected_set)
         present = [name for name in expected if name in masks.names]
         for name in tqdm(present, desc='checking masks', disable=not show_progress):
-            problem = _mask_problem(masks.open(name), name, frames_dir)
+            try:
+                image = masks.open(name)
+            except ValueError as error:  # (its message names the zip and the member)
+                result.problems.append(str(error))
+                continue
+            problem = _mask_problem(image, name, frames_dir)
             if problem:
                 result.problems.append(f'{name}: {problem}')
     return result
@@ -190,10 +219,13 @@ def _mask_problem(image: Image.Image, name: str, frames_dir: Optional[Path]) -> 
         frame_path = frames_dir / video / (Path(frame).stem + '.jpg')
         if not frame_path.is_file():
             return f'no frame {frame_path} to compare its size with'
-        with Image.open(frame_path) as frame_image:
-            if frame_image.size != image.size:
-                return f'size {image.size[0]}x{image.size[1]} (WxH), but the frame is ' \
-                       f'{frame_image.size[0]}x{frame_image.size[1]}'
+        try:
+            with Image.open(frame_path) as frame_image:
+                frame_size = frame_image.size
+        except OSError as error:
+            return f'the frame {frame_path} to compare its size with cannot be read ({error_message(error)})'
+        if frame_size != image.size:
+            return f'size {image.size[0]}x{image.size[1]} (WxH), but the frame is {frame_size[0]}x{frame_size[1]}'
     return None
 
 

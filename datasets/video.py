@@ -6,6 +6,7 @@ Used by video inference (inference.py, demo.py), by the evaluation pictures and 
 import itertools
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -16,9 +17,10 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from utils import UsageError
+from utils import UsageError, writing
 
 FRAME_SUFFIXES = ('.jpg', '.jpeg', '.png')
+MISSING_FRAMES_TOLERATED = 2  # a file may announce a frame or two more than it holds at its end: a warning
 TIME_TOLERANCE = 1e-6  # seconds; frame times are exact fractions turned into floats
 OVERLAY_ALPHA = 0.5
 OVERLAY_COLOURS = [(255, 64, 64), (64, 160, 255), (64, 220, 96), (255, 200, 0), (200, 64, 255), (0, 220, 220)]
@@ -51,6 +53,34 @@ def select_frames(times: Sequence[float], start: float = 0.0, end: Optional[floa
     return selected
 
 
+def announced_frame_count(stream, container=None) -> Optional[int]:
+    """The number of frames a video file announces for `stream` (its index's frame count, else its duration times
+    its frame rate), or None when it announces neither."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration is not None and stream.time_base is not None and rate:
+        duration = float(stream.duration * stream.time_base)
+    elif container is not None and container.duration is not None and rate:
+        duration = container.duration / av.time_base
+    else:
+        return None
+    return int(round(duration * float(rate)))
+
+
+def check_frame_count(path, announced: Optional[int], found: int, error=UsageError, how: str = 'decoded'):
+    """Stop with `error` when a video yields fewer frames than its file announces, naming both counts (a file cut
+    short after its index, as an mp4 written with its index first, decodes without an error: the frames just
+    stop); only warn within MISSING_FRAMES_TOLERATED frames."""
+    if announced is None or found >= announced:
+        return
+    message = (f'the video {path} is truncated or damaged: the file announces {announced} frames, {found} could be '
+               f'{how}')
+    if announced - found > MISSING_FRAMES_TOLERATED:
+        raise error(message)
+    warnings.warn(f'{message}; going on with them', stacklevel=2)
+
+
 class VideoFileFrames:
     """The selected frames of a video file. Decoded anew on each pass, so the video never sits in memory whole."""
 
@@ -63,8 +93,10 @@ class VideoFileFrames:
             for index, frame in enumerate(self._decode(container)):
                 times.append(frame.time if frame.time is not None else index / float(rate or 25))
             self.size = (stream.codec_context.height, stream.codec_context.width)  # (H0, W0)
+            announced = announced_frame_count(stream, container)
         if not times:
             raise UsageError(f'{path} holds no decodable video frames')
+        check_frame_count(path, announced, len(times))
         times = [t - times[0] for t in times]  # seconds from the first frame
         source_rate = float(rate) if rate else 25.0
         self.frame_rate = min(fps, source_rate) if fps else source_rate
@@ -86,10 +118,14 @@ class VideoFileFrames:
     def _decode(self, container):
         stream = container.streams.video[0]
         stream.thread_type = 'AUTO'
+        decoded = 0
         try:
-            yield from container.decode(stream)
+            for frame in container.decode(stream):
+                yield frame
+                decoded += 1
         except av.error.FFmpegError as error:
-            raise UsageError(f'cannot decode the video {self.path}: {error}') from error
+            check_frame_count(self.path, announced_frame_count(stream, container), decoded)
+            raise UsageError(f'cannot decode the video {self.path} after {decoded} frames: {error}') from error
 
     def __iter__(self) -> Iterator[Tuple[Frame, Image.Image]]:
         wanted = iter(self.frames)
@@ -152,6 +188,24 @@ def open_input(path: str, start: float, end: Optional[float], fps: Optional[floa
     return frames
 
 
+def video_duration(path) -> float:
+    """The length of a video file in seconds, from its container's header, or else from the number of its packets
+    (read without decoding a frame): cheap enough to check a length limit before decoding."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UsageError(f'{path} has no video stream; expected a video file (mp4, avi, webm, ...)')
+            stream = container.streams.video[0]
+            if container.duration is not None:
+                return container.duration / av.time_base
+            # no length in the header (a raw H.264 stream, say): one packet a frame
+            rate = stream.average_rate or stream.guessed_rate or 25
+            return sum(1 for packet in container.demux(stream) if packet.size) / float(rate)
+    except (av.error.FFmpegError, OSError) as error:
+        raise UsageError(f'cannot read the video {path} ({error}); expected a video file PyAV can decode '
+                         '(mp4, avi, webm, ...)') from error
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Windows
 
@@ -191,7 +245,9 @@ class Mp4Writer:
     def __init__(self, path, frame_rate: float, size: Tuple[int, int], pix_fmt: Optional[str] = None,
                  gop: Optional[int] = None, options: Optional[dict] = None):
         height, width = size
-        self.container = av.open(str(path), 'w')
+        self.path = path
+        with writing(path, 'video'):  # (a full disk or a read-only folder: a WriteError naming the file)
+            self.container = av.open(str(path), 'w')
         codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
         self.stream = self.container.add_stream(codec, rate=Fraction(frame_rate).limit_denominator(10000),
                                                 options=options or {})
@@ -201,11 +257,15 @@ class Mp4Writer:
             self.stream.codec_context.gop_size = gop
 
     def write(self, rgb: np.ndarray):
-        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(rgb, format='rgb24')))
+        with writing(self.path, 'video'):
+            self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(rgb, format='rgb24')))
 
     def close(self):
-        self.container.mux(self.stream.encode())
-        self.container.close()
+        with writing(self.path, 'video'):
+            try:
+                self.container.mux(self.stream.encode())
+            finally:
+                self.container.close()
 
     def __enter__(self):
         return self
@@ -232,17 +292,24 @@ def query_folder_name(index: int, query: str) -> str:
 
 
 def write_mask_png(path, mask: np.ndarray):
-    """A binary mask `[H, W]` (0/1 or bool) as a single-channel 0/255 PNG."""
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    """A binary mask `[H, W]` (0/1 or bool) as a single-channel 0/255 PNG (a WriteError naming it when it cannot
+    be written)."""
+    with writing(path, 'mask'):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+
+
+def blend_mask(rgb: np.ndarray, mask: np.ndarray, colour):
+    """Blend `mask` ([H, W], 0/1 or bool) into `rgb` ([H, W, 3] uint8, changed in place) in `colour`, and outline it."""
+    on = mask.astype(bool)
+    rgb[on] = (rgb[on] * (1 - OVERLAY_ALPHA) + np.array(colour) * OVERLAY_ALPHA).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(rgb, contours, -1, colour, thickness=max(1, rgb.shape[0] // 240))
 
 
 def draw_overlay(image: Image.Image, mask: np.ndarray, caption: str, colour) -> np.ndarray:
     """The frame with the mask blended in `colour`, its outline, and the caption on a dark band at the top."""
     rgb = np.array(image.convert('RGB'))
-    on = mask.astype(bool)
-    rgb[on] = (rgb[on] * (1 - OVERLAY_ALPHA) + np.array(colour) * OVERLAY_ALPHA).astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(rgb, contours, -1, colour, thickness=max(1, rgb.shape[0] // 240))
+    blend_mask(rgb, mask, colour)
     scale = max(0.35, rgb.shape[0] / 720)
     thickness = max(1, round(scale * 1.5))
     lines, line = [], ''
@@ -260,3 +327,32 @@ def draw_overlay(image: Image.Image, mask: np.ndarray, caption: str, colour) -> 
         cv2.putText(rgb, text, (5, line_height * (i + 1) - line_height // 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (255, 255, 255), thickness, cv2.LINE_AA)
     return rgb
+
+
+def draw_overlays(image: Image.Image, masks: Sequence[np.ndarray], captions: Sequence[str],
+                  colours: Sequence) -> np.ndarray:
+    """The frame with every mask blended in its colour and outlined, above a legend: one line per mask, a swatch
+    of its colour and its caption (cut with '...' to the frame's width). Returns `[H0 + legend, W0, 3]` uint8, the
+    legend's height even, so that an even frame stays even."""
+    rgb = np.array(image.convert('RGB'))
+    for mask, colour in zip(masks, colours):
+        blend_mask(rgb, mask, colour)
+    width = rgb.shape[1]
+    scale = max(0.4, width / 900)
+    thickness = max(1, round(scale * 1.5))
+    text_height = cv2.getTextSize('Ag', cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][1]
+    line_height = text_height * 2
+    legend_height = line_height * len(captions) + line_height // 2
+    legend = np.full((legend_height + legend_height % 2, width, 3), 24, dtype=np.uint8)
+    for i, (caption, colour) in enumerate(zip(captions, colours)):
+        baseline = line_height * (i + 1)
+        cv2.rectangle(legend, (5, baseline - text_height), (5 + text_height, baseline), colour, thickness=-1)
+        text_left = 10 + text_height
+        text = caption
+        for length in range(len(caption) - 1, -1, -1):  # cut the caption to the frame's width
+            if cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] <= width - text_left - 5:
+                break
+            text = caption[:length].rstrip() + '...'
+        cv2.putText(legend, text, (text_left, baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
+                    cv2.LINE_AA)
+    return np.concatenate([rgb, legend])

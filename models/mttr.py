@@ -109,7 +109,8 @@ class MTTR(nn.Module):
         return self._decode(video_features, text_queries, query_videos, with_aux_outputs=self.aux_loss)
 
     @torch.inference_mode()
-    def segment(self, samples, valid_indices, text_queries, query_videos=None, query_batch=None):
+    def segment(self, samples, valid_indices, text_queries, query_videos=None, query_batch=None,
+                factored_masks=False):
         """Inference for many text queries on a video batch: the videos are encoded once, then the queries are
         decoded `query_batch` at a time (None: all at once; see `decode_in_chunks`).
 
@@ -117,13 +118,17 @@ class MTTR(nn.Module):
         None for one video and any number of queries). Runs under inference mode; put the model in eval() mode.
 
         Returns the last decoder layer's {'pred_masks' [T', Q, N, H/4, W/4], 'pred_is_referred' [T', Q, N, 2]}
-        in float32 (also under autocast), queries in the order given.
+        in float32 (also under autocast), queries in the order given. With `factored_masks`, the masks come as
+        their two factors instead, 'mask_kernels' [T', Q, N, C] and 'mask_features' [T', Q, C, H/4, W/4]
+        (C = mask_kernels_dim, 8: a sixth of the memory of 50 object queries' masks;
+        `models.postprocessing.mask_logits` multiplies them out, for all object queries or chosen ones).
         """
         _check_query_batch(query_batch)
         _query_videos(query_videos, samples.tensors.shape[1], len(text_queries), samples.tensors.device)  # (early)
         video_features = self.encode_video(samples, valid_indices)
         out = {}
-        for chunk, chunk_out in self.decode_in_chunks(video_features, text_queries, query_videos, query_batch):
+        for chunk, chunk_out in self.decode_in_chunks(video_features, text_queries, query_videos, query_batch,
+                                                      factored_masks):
             for key, value in chunk_out.items():
                 if key not in out:  # filled in place: no second copy of the results at the end
                     shape = list(value.shape)
@@ -133,10 +138,12 @@ class MTTR(nn.Module):
         return out
 
     @torch.inference_mode()
-    def decode_in_chunks(self, video_features: VideoFeatures, text_queries, query_videos=None, query_batch=None):
+    def decode_in_chunks(self, video_features: VideoFeatures, text_queries, query_videos=None, query_batch=None,
+                         factored_masks=False):
         """Yields `(chunk, outputs)` for the queries `text_queries[chunk]`, `query_batch` at a time (None: all at
-        once): the last decoder layer's `pred_masks` [T', q, N, H/4, W/4] and `pred_is_referred` [T', q, N, 2] in
-        float32. The memory the decoding needs is that of `query_batch` queries, whatever their number."""
+        once): the last decoder layer's `pred_masks` [T', q, N, H/4, W/4] (or, with `factored_masks`, its factors:
+        see `segment`) and `pred_is_referred` [T', q, N, 2] in float32. The memory the decoding needs is that of
+        `query_batch` queries, whatever their number."""
         _check_query_batch(query_batch)
         num_queries = len(text_queries)
         query_videos = _query_videos(query_videos, video_features.num_videos, num_queries,
@@ -147,10 +154,12 @@ class MTTR(nn.Module):
         for start in range(0, num_queries, query_batch):
             chunk = slice(start, start + query_batch)
             chunk_videos = None if query_videos is None else query_videos[chunk]
-            chunk_out = self._decode(video_features, text_queries[chunk], chunk_videos, with_aux_outputs=False)
-            yield chunk, {key: chunk_out[key].float() for key in ('pred_masks', 'pred_is_referred')}
+            chunk_out = self._decode(video_features, text_queries[chunk], chunk_videos, with_aux_outputs=False,
+                                     factored_masks=factored_masks)
+            yield chunk, {key: value.float() for key, value in chunk_out.items()}
 
-    def _decode(self, video_features: VideoFeatures, text_queries, query_videos, with_aux_outputs):
+    def _decode(self, video_features: VideoFeatures, text_queries, query_videos, with_aux_outputs,
+                factored_masks=False):
         query_videos = _query_videos(query_videos, video_features.num_videos, len(text_queries),
                                      video_features.vid_embeds.device)
 
@@ -174,8 +183,11 @@ class MTTR(nn.Module):
         decoded_frame_features = self.spatial_decoder(vid_memory, finer_features)
         decoded_frame_features = rearrange(decoded_frame_features, '(t q) c h w -> t q c h w', t=t, q=q)
         instance_kernels = self.instance_kernels_head(hs)  # [L, T', Q, N, mask_kernels_dim]
-        output_masks = torch.einsum('ltqnc,tqchw->ltqnhw', instance_kernels, decoded_frame_features)
         outputs_is_referred = self.is_referred_head(hs)  # [L, T', Q, N, 2]
+        if factored_masks:  # (the last layer only)
+            return {'mask_kernels': instance_kernels[-1], 'mask_features': decoded_frame_features,
+                    'pred_is_referred': outputs_is_referred[-1]}
+        output_masks = torch.einsum('ltqnc,tqchw->ltqnhw', instance_kernels, decoded_frame_features)
 
         layer_outputs = [{'pred_masks': pm, 'pred_is_referred': pir}
                          for pm, pir in zip(output_masks, outputs_is_referred)]

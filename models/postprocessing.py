@@ -3,7 +3,7 @@
 Masks go through the same steps in both datasets: bilinear upsampling to the padded input size, threshold at
 sigmoid > 0.5, crop of the padding, nearest resize to the original frame size.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -37,6 +37,40 @@ def encode_rle(mask: Tensor) -> dict:
     rle = mask_util.encode(np.asfortranarray(mask[0, :, :, None].cpu().numpy(), dtype=np.uint8))[0]
     rle['counts'] = rle['counts'].decode('ascii')
     return rle
+
+
+def mask_logits(outputs, object_queries: Optional[Tensor] = None) -> Tensor:
+    """The mask logits `[T, B, N, h, w]` of the network's outputs, which hold them as 'pred_masks' or as their
+    factors 'mask_kernels' [T, B, N, C] and 'mask_features' [T, B, C, h, w] (`MTTR.segment(factored_masks=True)`).
+    With `object_queries` (`[B]`, one object query per video), only those: `[T, B, 1, h, w]`."""
+    if 'pred_masks' in outputs:
+        masks = outputs['pred_masks']
+        if object_queries is None:
+            return masks
+        return masks.gather(2, object_queries.to(masks.device)[None, :, None, None, None].expand(
+            masks.shape[0], -1, 1, *masks.shape[-2:]))
+    kernels = outputs['mask_kernels']
+    if object_queries is not None:
+        kernels = kernels.gather(2, object_queries.to(kernels.device)[None, :, None, None].expand(
+            kernels.shape[0], -1, 1, kernels.shape[-1]))
+    return torch.einsum('tbnc,tbchw->tbnhw', kernels, outputs['mask_features'])
+
+
+def trajectory_scores(pred_is_referred: Tensor) -> Tensor:
+    """`[B, N]`: each object query's probability of "referred" averaged over the frames `[T, B, N, 2]`."""
+    return pred_is_referred.float().softmax(dim=-1)[..., 0].mean(dim=0)
+
+
+def referred_query_outputs(outputs, index: int, num_frames: int) -> dict:
+    """The outputs of video (or text query) `index` over its first `num_frames` frames, kept to the object query
+    with the highest probability of "referred" averaged over those frames (the choice of
+    `ReferYoutubeVOSPostProcess`, which then keeps it): {'pred_masks' [T, 1, 1, h, w], 'pred_is_referred'
+    [T, 1, 1, 2]}. `outputs` may hold the masks as factors (see `mask_logits`)."""
+    is_referred = outputs['pred_is_referred'][:num_frames, index:index + 1]  # [T, 1, N, 2]
+    chosen = trajectory_scores(is_referred).argmax(dim=-1)  # [1]
+    part = {key: value[:num_frames, index:index + 1] for key, value in outputs.items()}
+    return {'pred_masks': mask_logits(part, chosen),
+            'pred_is_referred': is_referred[:, :, chosen[0]:chosen[0] + 1]}
 
 
 class A2DSentencesPostProcess(nn.Module):
@@ -74,8 +108,7 @@ class ReferYoutubeVOSPostProcess(nn.Module):
 
         Returns per video {**metadata, 'pred_masks': [T, 1, H0, W0] uint8 on the CPU}.
         """
-        trajectory_scores = outputs['pred_is_referred'].float().softmax(dim=-1)[..., 0].mean(dim=0)  # [B, N]
-        chosen_queries = trajectory_scores.argmax(dim=-1)  # [B]
+        chosen_queries = trajectory_scores(outputs['pred_is_referred']).argmax(dim=-1)  # [B]
         pred_masks = rearrange(outputs['pred_masks'], 't b n h w -> b t n h w')
         pred_masks = pred_masks[torch.arange(len(chosen_queries)), :, chosen_queries]  # [B, T, h, w]
         pred_masks = binary_masks_at_input_size(pred_masks, samples_shape_with_padding)
@@ -91,7 +124,7 @@ def build(config) -> nn.Module:
     """The post-processing the original's `build_model` returns with the model (the evaluators build their own)."""
     if config.dataset_name in ('a2d_sentences', 'jhmdb_sentences'):
         return A2DSentencesPostProcess()
-    if config.dataset_name == 'ref_youtube_vos':
+    if config.dataset_name in ('ref_youtube_vos', 'ref_davis17', 'mevis'):
         return ReferYoutubeVOSPostProcess()
     raise ValueError(f"config key dataset_name: no post-processing for {config.dataset_name!r}; expected "
-                     f"'a2d_sentences', 'jhmdb_sentences' or 'ref_youtube_vos'")
+                     f"'a2d_sentences', 'jhmdb_sentences', 'ref_youtube_vos', 'ref_davis17' or 'mevis'")

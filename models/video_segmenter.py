@@ -10,6 +10,8 @@ over every frame of every window, is highest (the Refer-YouTube-VOS post-process
 as its evaluation does). The segmented object therefore does not switch between object queries at window
 borders. The choice is made after the last window, so until then the mask logits of every object query wait in a
 scratch folder on disk.
+
+`load_inference_config` and `VideoSegmenter.from_checkpoint` load a trained checkpoint as both front ends do.
 """
 import contextlib
 from collections import deque
@@ -21,9 +23,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from config import Config, load_config
+from datasets.transforms import transforms_from_config
 from datasets.video import Window, window_layout
+from models import build_trained_network
 from models.postprocessing import ReferYoutubeVOSPostProcess
-from utils import nested_tensor_from_videos_list
+from utils import UsageError, autocast, error_message, nested_tensor_from_videos_list
 
 
 def choose_object_query(referred_probabilities: np.ndarray) -> int:
@@ -86,6 +91,18 @@ class VideoSegmenter:
                  amp: Callable = contextlib.nullcontext):
         self.model, self.transform, self.device, self.query_batch, self.amp = model, transform, device, query_batch, amp
 
+    @classmethod
+    def from_checkpoint(cls, config: Config, checkpoint_path, query_batch: Optional[int] = None) -> 'VideoSegmenter':
+        """The network of `config` with the checkpoint's weights (read with weights_only=True), the evaluation
+        transforms and the run's autocast; a checkpoint that does not fit raises a UsageError of one line."""
+        try:
+            model = build_trained_network(config, checkpoint_path)
+        except (OSError, KeyError, ValueError, RuntimeError) as error:  # text encoder files, checkpoint contents
+            raise UsageError(error_message(error)) from error
+        device = torch.device(config.device)
+        return cls(model, transforms_from_config('test', config), device, query_batch,
+                   amp=lambda: autocast(config, device, training=False))
+
     def segment(self, frames, queries: Sequence[str], window_size: int, scratch_dir: Path,
                 object_query: Optional[int] = None,
                 progress: Optional[Callable[[int, int], None]] = None) -> VideoSegmentation:
@@ -129,3 +146,30 @@ class VideoSegmenter:
                     np.save(result.masks_path(query_index, window_index),
                             outputs['pred_masks'][first:, position].cpu().numpy())  # [T_out, N, h/4, w/4]
         result.window_sizes.append((tuple(video.shape[-2:]), tuple(samples.tensors.shape[-2:])))
+
+
+def load_inference_config(config_path, checkpoint_path, overrides: Sequence[str] = (), cpu: bool = False,
+                          **flags) -> Config:
+    """The config of video inference with a trained checkpoint (inference.py, demo.py): the YAML file < `flags`
+    < `overrides` ('KEY=VALUE'), in eval mode, without reading pretrained backbone or text-encoder weights (the
+    checkpoint holds them). Checked before any frame is decoded or any weight is read: a problem raises a
+    UsageError of one line. The synthetic config's tokenizer is written with the synthetic data, generated here
+    on first use."""
+    try:
+        config = load_config(config_path, list(overrides), running_mode='eval', checkpoint_path=str(checkpoint_path),
+                             text_encoder_pretrained=False, backbone_pretrained=False,
+                             device='cpu' if cpu else 'cuda', **flags)
+    except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
+        raise UsageError(error_message(error)) from error
+    if config.device.startswith('cuda') and not torch.cuda.is_available():
+        raise UsageError('CUDA is not available on this machine; run on the CPU with --cpu')
+    if config.synthetic_dataset and not config.text_encoder_type:
+        from datasets.synthetic import ensure_synthetic_dataset
+        try:
+            ensure_synthetic_dataset(config)
+        except (FileNotFoundError, ValueError) as error:
+            raise UsageError(error_message(error)) from error
+    if not Path(checkpoint_path).is_file():
+        raise UsageError(f'checkpoint not found: {checkpoint_path}')
+    return config
+

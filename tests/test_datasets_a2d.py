@@ -331,6 +331,7 @@ def real_a2d_test(tmp_path_factory):
     return root, expected
 
 
+@pytest.mark.slow
 def test_real_annotation_files_give_the_test_sample_list(real_a2d_test, tmp_path):
     root, expected = real_a2d_test
     with warnings.catch_warnings():

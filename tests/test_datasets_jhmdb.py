@@ -192,6 +192,7 @@ def real_root(tmp_path_factory):
     return root, root.parent / 'cache'
 
 
+@pytest.mark.slow
 def test_paper_sample_list_and_ground_truth_from_the_real_masks(real_root, tmp_path):
     real_root, cache = real_root
     config = jhmdb_config(real_root, tmp_path, samples_metadata_path=str(PAPER_METADATA), cache_dir=str(cache))
@@ -211,6 +212,7 @@ def test_paper_sample_list_and_ground_truth_from_the_real_masks(real_root, tmp_p
         assert np.array_equal(coco.annToMask(ann), mask != 0) and ann['area'] == (mask != 0).sum() > 0
 
 
+@pytest.mark.slow
 def test_seed_42_draws_the_papers_sample_list(real_root, tmp_path):
     real_root, cache = real_root
     dataset = build_dataset('test', **jhmdb_config(real_root, tmp_path, seed=42, cache_dir=str(cache)))

@@ -7,9 +7,10 @@ when exactly one is empty or they are disjoint. Every expected value follows fro
 """
 import numpy as np
 import pytest
+from scipy.optimize import linear_sum_assignment
 
 from metrics import (DAVIS_VOID_LABEL, DavisVideoScores, davis_global_scores, davis_unsupervised_scores,
-                     ref_davis17_scores)
+                     davis_unsupervised_scores_many, db_eval_boundary, db_eval_iou, ref_davis17_scores)
 
 T, H, W = 3, 30, 40
 
@@ -160,3 +161,54 @@ def test_ref_davis17_scores_per_set_and_their_mean():
         ref_davis17_scores({a: videos_per_set[a] for a in range(3)})
     with pytest.raises(ValueError, match='no ground-truth object'):
         davis_global_scores([])
+
+
+# ---------------------------------------------------------------- the fast computation
+
+def reference_scores(gt, prediction):
+    """The protocol computed pair by pair with `db_eval_iou` / `db_eval_boundary`, as the official package does."""
+    void = gt == DAVIS_VOID_LABEL
+    num_objects = int(np.where(void[0], 0, gt[0]).max())
+    num_rows = max(int(prediction.max()), num_objects)
+    j = np.zeros((num_rows, num_objects, len(gt)))
+    f = np.zeros_like(j)
+    for row in range(num_rows):
+        pred_mask = (prediction == row + 1) & ~void
+        for column in range(num_objects):
+            gt_mask = (gt == column + 1) & ~void
+            j[row, column] = db_eval_iou(gt_mask, pred_mask)
+            f[row, column] = db_eval_boundary(gt_mask, pred_mask)
+    rows, columns = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
+    row_of_object = np.empty(num_objects, dtype=int)
+    row_of_object[columns] = rows
+    return j[row_of_object, np.arange(num_objects)].mean(1), f[row_of_object, np.arange(num_objects)].mean(1)
+
+
+def random_label_maps(rng, num_frames, height, width, num_labels, void=False):
+    """Label maps of random boxes (some touching the frame's border), later ones painted over earlier ones."""
+    labels = np.zeros((num_frames, height, width), dtype=np.uint8)
+    for t in range(num_frames):
+        for label in list(range(1, num_labels + 1)) + ([DAVIS_VOID_LABEL] * 2 if void else []):
+            if rng.random() < 0.15:
+                continue  # absent from this frame
+            top, left = rng.integers(0, height - 2), rng.integers(0, width - 2)
+            bottom, right = rng.integers(top + 1, height + 1), rng.integers(left + 1, width + 1)
+            labels[t, top:bottom, left:right] = label
+    return labels
+
+
+@pytest.mark.parametrize('seed, size', [(0, (30, 40)), (1, (30, 40)), (2, (120, 213)), (3, (200, 360))])
+def test_scores_equal_the_pair_by_pair_computation(seed, size):
+    # Random boxes with void, objects that first appear after the first frame (ids above M), predicted ids beyond
+    # the objects; the boundary tolerance is 1 pixel in 30x40 frames, 2 in 120x213, 4 in 200x360.
+    rng = np.random.default_rng(seed)
+    gt = random_label_maps(rng, 5, *size, num_labels=4, void=True)
+    predictions = [random_label_maps(rng, 5, *size, num_labels=k) for k in (1, 3, 6)]
+    for prediction, scores in zip(predictions, davis_unsupervised_scores_many(gt, predictions)):
+        j_mean, f_mean = reference_scores(gt, prediction)
+        np.testing.assert_array_equal(scores.j_mean, j_mean)  # the same arithmetic: equal, not close
+        np.testing.assert_array_equal(scores.f_mean, f_mean)
+        single = davis_unsupervised_scores(gt, prediction)
+        np.testing.assert_array_equal(single.j_mean, scores.j_mean)
+        np.testing.assert_array_equal(single.predicted_ids, scores.predicted_ids)
+        assert 0 < scores.j_mean.max() < 1 and 0 < scores.f_mean.max() < 1  # not a trivial case

@@ -1,11 +1,14 @@
 """Evaluation encodes each video (A2D: each annotated frame's window) once for all its queries. On the fake
 datasets it gives what evaluating one query at a time with the plain forward gives: the same metrics, the same
 predictions and the same submission masks."""
+import io
 import json
 import zipfile
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import datasets
 import trainer
@@ -95,3 +98,32 @@ def test_refer_youtube_vos_submission_equals_one_query_at_a_time(tiny, tmp_path)
         assert sorted(a.namelist()) == sorted(b.namelist()) and len(a.namelist()) == 16
         assert all(a.read(name) == b.read(name) for name in a.namelist())
     assert json.dumps(sorted(ours_metrics)) == json.dumps(sorted(their_metrics))
+
+
+def test_windowed_evaluation_gives_what_inference_gives(tiny, tmp_path):
+    """With eval_window_size, a whole video is run in windows and each expression's object query is chosen over the
+    whole video: what inference.py does with the same window size, frames and query."""
+    from datasets.transforms import transforms_from_config
+    from datasets.video import FolderFrames
+    from models.video_segmenter import VideoSegmenter
+    checkpoint, overrides = tiny
+    fake = make_ref_youtube_vos_dataset(tmp_path / 'ytvos')
+    config = load_config(None, overrides, dataset_name='ref_youtube_vos', dataset_path=str(fake.root),
+                         cache_dir=str(tmp_path / 'cache'), num_workers=0, device='cpu', running_mode='eval',
+                         eval_window_size=2, **SMALL_FRAME_SIZES)
+    model = build_trained_network(config, checkpoint)
+    dataset = datasets.build_dataset('test', config)
+    evaluator = datasets.build_evaluator(config, dataset, tmp_path / 'windows', 0)
+    metrics = grouped(model, dataset, evaluator, config, batch_size=1)
+    segmenter = VideoSegmenter(model, transforms_from_config('test', config), torch.device('cpu'))
+    video_id, frame_names, expressions = dataset.samples[0]  # 5 frames: windows [0, 2), [2, 4), [3, 5)
+    frames = FolderFrames(fake.root / 'valid' / 'JPEGImages' / video_id, 0.0, None, None, 30.0)
+    (tmp_path / 'scratch').mkdir()
+    result = segmenter.segment(frames, [query for _, query in expressions], 2, tmp_path / 'scratch')
+    assert len(result.windows) == 3
+    with zipfile.ZipFile(metrics['submission_zip']) as archive:
+        for position, _, _, _, masks in result.frame_masks(frames, frames.size):
+            for (exp_id, _), mask in zip(expressions, masks):
+                name = f'Annotations/{video_id}/{exp_id}/{frame_names[position]}.png'
+                ours = np.array(Image.open(io.BytesIO(archive.read(name))))
+                assert np.array_equal(ours, mask * 255), name

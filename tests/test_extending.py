@@ -18,6 +18,7 @@ import trainer
 from config import Config, as_config, load_config
 from datasets.evaluator import Evaluator
 from datasets.transforms import collate_videos
+from models.postprocessing import mask_logits
 from tests.fake_datasets import make_a2d_dataset
 from tests.test_main import TINY_MODEL, write_tiny_text_encoder
 
@@ -59,7 +60,7 @@ class SquaresEvaluator(Evaluator):
         frame = batch['valid_indices'][0].item()
         for q, target in enumerate(batch['targets'][frame]):
             referred = outputs['pred_is_referred'][0, q].softmax(-1)[:, 0]
-            logits = outputs['pred_masks'][0, q, referred.argmax()][None, None]
+            logits = mask_logits(outputs)[0, q, referred.argmax()][None, None]
             predicted = torch.nn.functional.interpolate(logits, (SIZE, SIZE), mode='bilinear')[0, 0] > 0
             truth = target['masks'][0]
             self.ious.append(((predicted & truth).sum() / (predicted | truth).sum().clamp(min=1)).item())

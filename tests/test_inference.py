@@ -33,18 +33,14 @@ NUM_FRAMES, HEIGHT, WIDTH, FPS = 37, 100, 150, 25
 def tiny_model_files(directory, shared_dir, **model_sizes):
     """A small RoBERTa directory (config + the parity tokenizer), a checkpoint of a tiny MTTR under the parity
     deterministic weights, and the KEY=VALUE config overrides that describe that model."""
-    from transformers import AutoTokenizer, RobertaConfig
+    from tests.test_main import write_tiny_text_encoder
     sys.path.insert(0, str(shared_dir / 'parity'))
     try:
         from weights import deterministic_state_dict
     finally:
         sys.path.pop(0)
     directory = Path(directory)
-    text_encoder = directory / 'text_encoder'
-    tokenizer = AutoTokenizer.from_pretrained(shared_dir / 'parity' / 'tokenizer')
-    tokenizer.save_pretrained(text_encoder)
-    RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=64, max_position_embeddings=64).save_pretrained(text_encoder)
+    text_encoder = write_tiny_text_encoder(directory / 'text_encoder', shared_dir / 'parity' / 'tokenizer')
     sizes = dict(TINY_MODEL, **model_sizes)
     overrides = [f'{k}={json.dumps(v) if isinstance(v, list) else v}' for k, v in sizes.items()]
     overrides += [f'text_encoder_type={text_encoder}', 'text_encoder_pretrained=false']
@@ -96,11 +92,11 @@ def run(setup, video, out_dir, *queries, extra=()):
     return [out_dir / video_io.query_folder_name(i, q) for i, q in enumerate(queries)]
 
 
-def fails_with(setup, capsys, video, *queries, extra=()):
+def fails_with(setup, capsys, video, *queries, extra=(), out_dir=None):
     """The one-line message of a run that must stop with exit code 2."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        run(setup, video, setup[0] / 'failed', *queries, extra=extra)
+        run(setup, video, out_dir or setup[0] / 'failed', *queries, extra=extra)
     assert stop.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('inference.py: error: '), lines
@@ -294,6 +290,27 @@ def test_unreadable_video(setup, capsys):
         assert f'cannot read the video {video}' in message and 'folder of jpg/png frames' in message
 
 
+def test_truncated_video_with_its_index_at_the_start_is_refused_naming_both_counts(setup, capsys, tmp_path):
+    """A 'faststart' mp4 announces all its frames before its data: cut short, it still decodes without an error
+    (PyAV's threaded decoding swallows it), only fewer frames."""
+    import av
+    path = tmp_path / 'faststart.mp4'
+    with av.open(str(path), 'w', options={'movflags': 'faststart'}) as container:
+        stream = container.add_stream('libx264', rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, 'yuv420p'
+        for frame in np.random.default_rng(0).integers(0, 256, (24, HEIGHT, WIDTH, 3), dtype=np.uint8):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
+        container.mux(stream.encode())
+    data = path.read_bytes()
+    for kept in (0.3, 0.5):  # (cut there, the decoder stops quietly / with an error)
+        truncated = tmp_path / f'truncated_{kept}.mp4'
+        truncated.write_bytes(data[:int(len(data) * kept)])
+        message = fails_with(setup, capsys, truncated, 'a query')
+        assert f'the video {truncated} is truncated or damaged: the file announces 24 frames, ' in message
+        decoded = int(message.split('announces 24 frames, ')[1].split()[0])
+        assert 0 < decoded < 22
+
+
 def test_missing_video_and_empty_folder(setup, capsys):
     assert 'no such file or folder' in fails_with(setup, capsys, setup[0] / 'nowhere.mp4', 'a query')
     empty = setup[0] / 'empty_folder'
@@ -321,6 +338,7 @@ def test_checkpoint_of_another_architecture_lists_the_keys(setup, capsys):
     assert 'size mismatch for obj_queries.weight' in message
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line_without_a_stack_trace(setup):
     root, checkpoint, _, _ = setup
     bad_video = root / 'bad_cli.avi'
@@ -332,6 +350,38 @@ def test_command_line_errors_are_one_line_without_a_stack_trace(setup):
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(f'inference.py: error: cannot read the video {bad_video}')
     assert result.stdout == ''
+
+
+def test_output_folders_that_cannot_hold_results_are_one_line_errors(setup, capsys, tmp_path):
+    video = setup[3]
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('not a folder')
+    assert fails_with(setup, capsys, video, 'a query', out_dir=a_file) == (
+        f'inference.py: error: -o {a_file} is a file; expected a directory (it is created if missing)')
+    assert fails_with(setup, capsys, video, 'a query', out_dir=a_file / 'below') == (
+        f'inference.py: error: -o {a_file / "below"}: {a_file} is a file, not a directory')
+
+
+def test_a_full_disk_while_writing_masks_is_a_one_line_error(setup, capsys, tmp_path, monkeypatch):
+    import errno
+    from PIL import Image as PILImage
+    save = PILImage.Image.save
+    calls = []
+
+    def fill_up(self, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return save(self, path, *args, **kwargs)
+    monkeypatch.setattr(PILImage.Image, 'save', fill_up)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # (after the progress lines: the error is the last line)
+        run(setup, setup[3], tmp_path / 'out', 'a query', extra=['-ws', 12])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert error.strip().splitlines()[-1] == (f'inference.py: error: cannot write the mask {calls[-1]}: No space '
+                                              'left on device')
+    assert 'Traceback' not in error
 
 
 def test_config_and_device_errors(setup, capsys):

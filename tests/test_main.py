@@ -96,6 +96,7 @@ def trained_run(setup):
     return run_dir
 
 
+@pytest.mark.slow
 def test_training_run_directory(trained_run, setup):
     names = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob('*')}
     assert {'config.yaml', 'log.txt', 'metrics.jsonl', 'metrics_epoch_0.json', 'metrics_epoch_1.json',
@@ -119,6 +120,7 @@ def test_training_run_directory(trained_run, setup):
                        checkpoint['model_state_dict']['is_referred_head.weight'])
 
 
+@pytest.mark.slow
 def test_evaluating_a_checkpoint_gives_the_metrics_of_its_epoch(trained_run, setup, tmp_path):
     # best.pth.tar is epoch 0 here: no epoch beats its mAP (0) in two epochs of a tiny model
     result = run_main(*eval_args(setup, tmp_path / 'eval', trained_run / 'checkpoints' / 'best.pth.tar'))
@@ -129,11 +131,13 @@ def test_evaluating_a_checkpoint_gives_the_metrics_of_its_epoch(trained_run, set
     assert not (tmp_path / 'eval' / 'checkpoints').exists()
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(trained_run, setup, tmp_path):
     run_main(*eval_args(setup, tmp_path / 'eval', trained_run / 'checkpoints' / '0.pth.tar', '-ng', 2))
     assert read_json(tmp_path / 'eval' / 'metrics_epoch_0.json') == read_json(trained_run / 'metrics_epoch_0.json')
 
 
+@pytest.mark.slow
 def test_bfloat16_evaluation_is_close_to_fp32(trained_run, setup, tmp_path):
     checkpoint = trained_run / 'checkpoints' / '0.pth.tar'
     run_main(*eval_args(setup, tmp_path / 'eval', checkpoint, '--set', 'amp_dtype=bfloat16'))
@@ -143,6 +147,7 @@ def test_bfloat16_evaluation_is_close_to_fp32(trained_run, setup, tmp_path):
     assert bfloat16['overall_iou'] == pytest.approx(fp32['overall_iou'], abs=0.02)
 
 
+@pytest.mark.slow
 def test_bfloat16_training_with_activation_checkpointing(setup, tmp_path):
     run_dir = tmp_path / 'run'
     run_main(*train_args(setup, run_dir, epochs=1, amp_dtype='bfloat16', backbone_activation_checkpointing='true'))
@@ -152,6 +157,7 @@ def test_bfloat16_training_with_activation_checkpointing(setup, tmp_path):
     assert (run_dir / 'checkpoints' / '0.pth.tar').is_file()
 
 
+@pytest.mark.slow
 def test_torchrun_processes_join_its_process_group(trained_run, setup, tmp_path):
     _, overrides = setup
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port',
@@ -169,6 +175,7 @@ def assert_same_weights(first, second):
     assert not different, f'{len(different)} tensors differ, e.g. {different[:5]}'
 
 
+@pytest.mark.slow
 def test_resuming_after_one_epoch_gives_the_weights_of_an_uninterrupted_run(trained_run, setup, tmp_path):
     run_dir = tmp_path / 'run'
     run_main(*train_args(setup, run_dir, epochs=1))
@@ -181,6 +188,7 @@ def test_resuming_after_one_epoch_gives_the_weights_of_an_uninterrupted_run(trai
     assert read_json(tmp_path / 'resumed' / 'metrics_epoch_1.json') == read_json(trained_run / 'metrics_epoch_1.json')
 
 
+@pytest.mark.slow
 def test_refer_youtube_vos_training_and_two_process_evaluation_write_a_valid_submission(setup, tmp_path):
     root, overrides = setup
     dataset = make_ref_youtube_vos_dataset(tmp_path / 'refer_youtube_vos')
@@ -200,6 +208,7 @@ def test_refer_youtube_vos_training_and_two_process_evaluation_write_a_valid_sub
     assert read_json(tmp_path / 'eval' / 'metrics_epoch_0.json')['expressions'] == 4
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_resumes(setup, tmp_path):
     run_dir = tmp_path / 'run'
     process = subprocess.Popen([sys.executable, str(REPO / 'main.py'), *map(str, train_args(setup, run_dir,
@@ -254,6 +263,7 @@ def _train_replica(rank, config, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_training_keeps_the_replicas_equal(setup, tmp_path):
     _, overrides = setup
     config = load_config(A2D_CONFIG, overrides, window_size=3, batch_size=1, device='cpu')
@@ -267,6 +277,7 @@ def test_two_process_training_keeps_the_replicas_equal(setup, tmp_path):
 
 # --- errors -----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_usage_errors_are_one_line(setup, tmp_path, capsys):
     truncated = tmp_path / 'truncated.pth.tar'
     torch.save({'model_state_dict': {'w': torch.zeros(1000)}}, truncated)
@@ -300,6 +311,7 @@ def test_usage_errors_are_one_line(setup, tmp_path, capsys):
     assert result.stderr.strip() == f'error: checkpoint not found: {tmp_path / "missing.pth.tar"}'
 
 
+@pytest.mark.slow
 def test_resume_needs_a_checkpoint_of_a_training_run(trained_run, setup, tmp_path):
     bare = tmp_path / 'weights_only.pth.tar'
     torch.save({'model_state_dict': load(trained_run / 'checkpoints' / '0.pth.tar')['model_state_dict']}, bare)

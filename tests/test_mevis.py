@@ -4,12 +4,15 @@ scores kept per expression id.
 
 RLEs are encoded here with pycocotools from hand-made masks and go through a JSON file as in mask_dict.json.
 """
+import io
 import json
 import warnings
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools import mask as coco_mask
 
 from datasets.files import SubsetWarning
@@ -216,3 +219,182 @@ def test_summary_averages_expressions():
     assert mevis_summary(scores) == pytest.approx({'J': 0.5, 'F': 0.4, 'J&F': 0.45}, abs=1e-12)
     with pytest.raises(ValueError, match='no expression scores'):
         mevis_summary({})
+
+
+@pytest.mark.parametrize('seed, size', [(0, (6, 9)), (1, (72, 128)), (2, (360, 640))])
+def test_f_equals_db_eval_boundary(seed, size):
+    # The per-frame F of mevis_expression_scores (dilation around each boundary only) on random boxes, some
+    # frames empty, some touching the border; 360x640 frames have a 6-pixel tolerance.
+    from metrics import db_eval_boundary, db_eval_iou
+    rng = np.random.default_rng(seed)
+
+    def random_masks():
+        masks = np.zeros((6,) + size, dtype=bool)
+        for t in range(1, 6):
+            top, left = rng.integers(0, size[0] - 1), rng.integers(0, size[1] - 1)
+            masks[t, top:rng.integers(top + 1, size[0] + 1), left:rng.integers(left + 1, size[1] + 1)] = True
+        return masks
+    gt, prediction = random_masks(), random_masks()
+    prediction[2] = False
+    ((_, (j, f)),) = mevis_expression_scores([('vid', '0', gt, prediction)]).items()
+    assert j == float(np.mean(db_eval_iou(gt, prediction)))
+    assert f == float(np.mean(db_eval_boundary(gt, prediction)))  # the same arithmetic: equal, not close
+
+
+# ---------------------------------------------------------------- loader and evaluators
+
+def build(info, cache_dir, image_set='train', **config_values):
+    import datasets
+    from config import Config
+    from tests.fake_datasets import SMALL_FRAME_SIZES
+    config = Config(dataset_name='mevis', dataset_path=str(info.root), cache_dir=str(cache_dir), window_size=3,
+                    horizontal_flip_augmentations=False, **SMALL_FRAME_SIZES, **config_values)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', SubsetWarning)
+        return config, datasets.build_dataset(image_set, config)
+
+
+@pytest.fixture
+def fake_mevis(shared_dir, tmp_path):
+    from tests.fake_benchmarks import aligned_mask, make_mevis_dataset
+    return make_mevis_dataset(tmp_path / 'mevis', shared_dir, mask=aligned_mask)
+
+
+def test_training_windows_and_targets(fake_mevis, tmp_path, capsys):
+    # Per video: 6 frames, windows [0..2] and [3..5]; expression 0 (object 0, always visible) and 1 (objects 0
+    # and 1) keep both windows; expression 2 (object 2, frame 5 only) keeps the second one.
+    from tests.fake_benchmarks import mevis_target
+    from tests.fake_datasets import frame_index
+    _, dataset = build(fake_mevis, tmp_path / 'cache')
+    videos = list(fake_mevis.videos['train'])
+    assert 'MeViS train: 10 windows; 2 windows in which the referred objects are absent' in capsys.readouterr().out
+    frames = fake_mevis.videos['train'][videos[0]]['frames']
+    assert [sample[:4] for sample in dataset.samples[:5]] == [
+        (videos[0], frames[:3], '0', ['100']), (videos[0], frames[3:], '0', ['100']),
+        (videos[0], frames[:3], '1', ['100', '101']), (videos[0], frames[3:], '1', ['100', '101']),
+        (videos[0], frames[3:], '2', ['102'])]
+    text = fake_mevis.videos['train'][videos[0]]['expressions']['1']['exp']
+    assert dataset.samples[2][4] == ' '.join(text.lower().split())
+
+    video, targets, query = dataset[2]  # objects 0 and 1 in frames 0..2: one instance, their union
+    assert video.shape == (3, 3, 64, 96) and [frame_index(frame) for frame in video] == [0, 1, 2]
+    union = mevis_target(fake_mevis, 'train', videos[0], '1')
+    for t, target in enumerate(targets):
+        assert target['masks'].shape == (1, 64, 96)  # object 2 is not in this window
+        np.testing.assert_array_equal(target['masks'][0].numpy(), union[t])
+        assert target['referred_instance_idx'] == 0 and target['is_ref_inst_visible']
+        assert target['image_id'] == f'v_{videos[0]}_f_{frames[t]}'
+    video, targets, _ = dataset[4]  # object 2 (frame 5 only) in frames 3..5; object 0 is another instance
+    target_2 = mevis_target(fake_mevis, 'train', videos[0], '2')
+    target_0 = mevis_target(fake_mevis, 'train', videos[0], '0')
+    assert [bool(target['is_ref_inst_visible']) for target in targets] == [False, False, True]
+    for t, target in enumerate(targets, start=3):
+        assert target['masks'].shape == (2, 64, 96)
+        np.testing.assert_array_equal(target['masks'][0].numpy(), target_2[t])
+        np.testing.assert_array_equal(target['masks'][1].numpy(), target_0[t])
+
+
+def test_mask_dict_is_split_once_per_video_into_the_cache(fake_mevis, tmp_path, monkeypatch):
+    import datasets.mevis as mevis_module
+    before = sorted(p.relative_to(fake_mevis.root) for p in fake_mevis.root.rglob('*'))
+    _, dataset = build(fake_mevis, tmp_path / 'cache')
+    per_video = sorted(p.name for p in dataset.masks_dir.glob('*.json'))
+    assert per_video == sorted(f'{video}.json' for video in fake_mevis.videos['train'])
+    assert dataset.masks_dir.parent == tmp_path / 'cache' / 'mevis'
+    assert sorted(p.relative_to(fake_mevis.root) for p in fake_mevis.root.rglob('*')) == before
+
+    def fail(path):
+        raise AssertionError(f'{path} read again')
+    monkeypatch.setattr(mevis_module, 'read_mask_dict', fail)
+    _, again = build(fake_mevis, tmp_path / 'cache')
+    assert again.samples == dataset.samples
+
+
+def test_the_real_valid_split_gives_140_items_with_2236_queries(shared_dir, tmp_path):
+    from tests.fake_benchmarks import FakeBenchmark, read_mevis_valid
+    videos = read_mevis_valid(shared_dir)
+    write_json(tmp_path / 'mevis' / 'valid' / 'meta_expressions.json', {'videos': videos})
+    (tmp_path / 'mevis' / 'valid' / 'JPEGImages').mkdir()
+    _, dataset = build(FakeBenchmark(tmp_path / 'mevis'), tmp_path / 'cache', 'test', mevis_eval_split='valid')
+    assert len(dataset) == 140 and [video for video, _, _ in dataset.samples] == list(videos)
+    assert sum(len(expressions) for _, _, expressions in dataset.samples) == 2236
+    video_id, frames, expressions = dataset.samples[0]
+    assert video_id == '6200271d2d86' and frames == sorted(videos[video_id]['frames'])
+    assert [exp_id for exp_id, _ in expressions] == list(videos[video_id]['expressions'])
+    assert expressions[0] == ('0', 'car driving forward from left to right')
+
+
+def test_valid_u_evaluation_by_construction(fake_mevis, tmp_path):
+    # Expressions 0 (object 0) and 2 (objects 0 and 1) draw their targets: J = F = 1. Expression 1 (object 1, in
+    # frames 0 and 1 of 4) draws nothing: 0 in frames 0 and 1, 1 in frames 2 and 3 (both empty): 1/2.
+    import datasets
+    from tests.fake_benchmarks import mevis_target, outputs_drawing
+    config, dataset = build(fake_mevis, tmp_path / 'cache', 'test')
+    assert dataset.split == 'valid_u'
+
+    def masks_of_query(q, metadata):
+        if metadata['exp_id'] == '1':
+            return None
+        return mevis_target(fake_mevis, 'valid_u', metadata['video_id'], metadata['exp_id'])
+
+    evaluator = datasets.build_evaluator(config, dataset, tmp_path / 'run', 0)
+    batch = dataset.collator([dataset[0], dataset[1]])
+    evaluator.update(batch, outputs_drawing(batch, masks_of_query))
+    metrics = evaluator.summarize()
+    assert (metrics['J'], metrics['F'], metrics['J&F']) == pytest.approx((5 / 6, 5 / 6, 5 / 6), abs=1e-12)
+    assert metrics['expressions'] == 6
+    video = next(iter(fake_mevis.videos['valid_u']))
+    written = tmp_path / 'run' / 'mevis' / 'valid_u' / 'epoch_0' / video / '0'
+    assert sorted(p.name for p in written.iterdir()) == ['00000.png', '00001.png', '00002.png', '00003.png']
+    mask = np.asarray(Image.open(written / '00000.png'))
+    np.testing.assert_array_equal(mask, mevis_target(fake_mevis, 'valid_u', video, '0')[0] * 255)
+
+
+def test_valid_evaluation_writes_and_checks_the_server_zip(fake_mevis, tmp_path):
+    import datasets
+    from datasets.mevis import check_submission_zip
+    from tests.fake_benchmarks import outputs_drawing
+    config, dataset = build(fake_mevis, tmp_path / 'cache', 'test', mevis_eval_split='valid')
+    evaluator = datasets.build_evaluator(config, dataset, tmp_path / 'run', 2)
+    assert (evaluator.best_metric, evaluator.higher_is_better) == ('training loss', False)
+    batch = dataset.collator([dataset[0], dataset[1]])
+    evaluator.update(batch, outputs_drawing(batch, lambda q, metadata: None))
+    metrics = evaluator.summarize()
+    zip_path = tmp_path / 'run' / 'mevis' / 'valid' / 'submission_epoch_2.zip'
+    assert metrics == {'submission_zip': str(zip_path), 'expressions': 6, 'submission_check': 'OK'}
+    with zipfile.ZipFile(zip_path) as archive:
+        names = sorted(archive.namelist())
+    expected = sorted(f'{video}/{exp_id}/{frame}.png' for video, entry in fake_mevis.videos['valid'].items()
+                      for exp_id in entry['expressions'] for frame in entry['frames'])
+    assert names == expected  # video folders at the zip's root
+    meta = fake_mevis.root / 'valid' / 'meta_expressions.json'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', SubsetWarning)
+        result = check_submission_zip(zip_path, meta, dataset_root=fake_mevis.root, show_progress=False)
+        assert result.ok, result.summary()
+        # a zip with the Refer-YouTube-VOS Annotations/ level, a mask missing, a mask of the wrong size
+        bad = tmp_path / 'bad.zip'
+        with zipfile.ZipFile(zip_path) as source, zipfile.ZipFile(bad, 'w') as archive:
+            archive.writestr(f'Annotations/{names[0]}', source.read(names[0]))
+            buffer = io.BytesIO()
+            Image.new('L', (95, 64)).save(buffer, format='PNG')
+            archive.writestr(names[1], buffer.getvalue())
+            for name in names[3:]:
+                archive.writestr(name, source.read(name))
+        result = check_submission_zip(bad, meta, dataset_root=fake_mevis.root, show_progress=False)
+    assert not result.ok and result.missing == names[:1] + names[2:3]
+    problems = '\n'.join(result.problems)
+    assert f"unexpected zip entry 'Annotations/{names[0]}'" in problems
+    assert f'{names[1]}: size 95x64 (WxH), but the frame is 96x64' in problems
+
+
+def test_config_is_the_refer_youtube_vos_recipe_on_mevis():
+    from config import Config, load_config
+    mevis, ytvos = load_config('configs/mevis.yaml'), load_config('configs/refer_youtube_vos.yaml')
+    different = {k for k, v in mevis.to_dict().items() if v != getattr(ytvos, k)}
+    assert different == {'dataset_name', 'dataset_path', 'eval_window_size'} and mevis.mevis_eval_split == 'valid_u'
+    assert load_config('configs/mevis.yaml', ['mevis_eval_split=valid']).mevis_eval_split == 'valid'
+    from models.postprocessing import ReferYoutubeVOSPostProcess, build
+    assert type(build(mevis)) is ReferYoutubeVOSPostProcess  # what the original's build_model API returns
+    with pytest.raises(ValueError, match="mevis_eval_split: 'test' is not one of 'valid_u', 'valid'"):
+        Config(dataset_name='mevis', mevis_eval_split='test')

@@ -103,6 +103,7 @@ def official_checkpoint(model, deterministic_state_dict, manifest):
             'grad_scaler_state_dict': {}, 'best_mAP': 0.461}
 
 
+@pytest.mark.slow
 def test_official_checkpoint_file_loads_with_weights_only(model, deterministic_state_dict, manifest, tmp_path,
                                                           golden):
     checkpoint = official_checkpoint(model, deterministic_state_dict, manifest)

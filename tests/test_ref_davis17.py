@@ -213,3 +213,137 @@ def test_label_maps_of_exact_probabilities_score_one(tmp_path):
     video_dir = write_label_maps(tmp_path, 0, 'bear', label_maps(probabilities))
     scores = davis_unsupervised_scores(gt, read_label_maps(video_dir)[1])
     assert scores.j_mean.tolist() == [1.0, 1.0] and scores.f_mean.tolist() == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------- loader and evaluator
+
+def build_test_set(root, cache_dir, **config_values):
+    import datasets
+    from config import Config
+    from tests.fake_datasets import SMALL_FRAME_SIZES
+    config = Config(dataset_name='ref_davis17', dataset_path=str(root), cache_dir=str(cache_dir),
+                    **SMALL_FRAME_SIZES, **config_values)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', SubsetWarning)
+        return config, datasets.build_dataset('test', config)
+
+
+def test_one_item_per_video_with_the_expressions_of_all_its_objects(shared_dir, tmp_path):
+    from tests.fake_benchmarks import make_ref_davis17_dataset, read_davis_records
+    from tests.fake_datasets import frame_index
+    info = make_ref_davis17_dataset(tmp_path / 'ref_davis17', shared_dir)
+    before = sorted(p.relative_to(info.root) for p in info.root.rglob('*'))
+    _, dataset = build_test_set(info.root, tmp_path / 'cache')
+    assert len(dataset) == 2 and dataset.video_ids == ['dogs-jump', 'judo']
+    records = [r for r in read_davis_records(shared_dir) if r[0] == 'dogs-jump']
+    video, targets, queries, metadata = dataset[0]
+    assert video.shape == (4, 3, 64, 96) and [frame_index(frame) for frame in video] == [0, 1, 2, 3]
+    assert len(queries) == len(targets) == len(metadata) == 12  # 3 objects x 4 expression sets
+    assert queries == [' '.join(meta['exp'].lower().split()) for _, _, meta in records]
+    assert [(m['exp_id'], m['obj_id'], m['expression_set'], m['label']) for m in metadata] == \
+        [(str(e), str(e // 4 + 1), e % 4, e // 4 + 1) for e in range(12)]
+    assert metadata[0]['frame_indices'] == ['00000', '00001', '00002', '00003']
+    assert metadata[0]['original_frame_size'] == metadata[0]['resized_frame_size'] == (64, 96)
+    assert len(dataset[1][2]) == 8  # judo: 2 objects
+    batch = dataset.collator([dataset[0], dataset[1]])
+    assert batch['query_videos'].tolist() == [0] * 12 + [1] * 8 and batch['valid_indices'].tolist() == [0, 1, 2, 3]
+    # the converted list went to the cache; the dataset folder is as it was
+    assert len(list((tmp_path / 'cache' / 'ref_davis17').glob('val_expressions_*.json'))) == 1
+    assert sorted(p.relative_to(info.root) for p in info.root.rglob('*')) == before
+
+
+def test_the_real_val_split_gives_30_items_and_244_queries(shared_dir, tmp_path):
+    records = json.loads((shared_dir / REAL_RECORDS).read_text())
+    videos = OrderedDict((video, frames) for video, frames, _ in records)
+    lines_per_set = [[] for _ in EXPRESSION_SETS]
+    for video, _, meta in records:
+        lines_per_set[int(meta['exp_id']) % 4].append(line(video, meta['obj_id'], meta['exp']))
+    root = write_dataset(tmp_path / 'ref_davis17', lines_per_set, list(videos), videos)
+    (root / 'DAVIS' / 'Annotations_unsupervised' / '480p').mkdir(parents=True)
+    text_dir = root / 'davis_text_annotations'
+    moved = text_dir.rename(tmp_path / 'elsewhere')  # the text files may live outside the dataset folder
+    _, dataset = build_test_set(root, tmp_path / 'cache', davis_text_annotations_path=str(moved))
+    assert dataset.video_ids == list(videos)
+    assert [len(expressions) for _, _, expressions in dataset.samples] == \
+        [4 * len({meta['obj_id'] for video, _, meta in records if video == v}) for v in videos]
+    assert sum(len(expressions) for _, _, expressions in dataset.samples) == 244
+    assert [frames for _, frames, _ in dataset.samples] == list(videos.values())
+
+
+def davis_ground_truth(info, video):
+    """`[T, H, W]` label maps of the fake ground truth (void 255)."""
+    return read_label_maps(info.root / 'DAVIS' / 'Annotations_unsupervised' / '480p' / video)[1]
+
+
+def test_evaluator_scores_by_construction(shared_dir, tmp_path):
+    # Object k's expression of set 0 and 3 draws object k: 1.0. Set 1 draws the objects in reverse order: the
+    # label maps carry other ids, matched back: 1.0. Set 2 draws nothing for object 2 (of dogs-jump and of judo):
+    # 2 of the 5 objects score J = F = 0.
+    import datasets
+    from tests.fake_benchmarks import aligned_mask, make_ref_davis17_dataset, outputs_drawing
+    info = make_ref_davis17_dataset(tmp_path / 'ref_davis17', shared_dir, mask=aligned_mask)
+    config, dataset = build_test_set(info.root, tmp_path / 'cache')
+
+    def masks_of_query(q, metadata):
+        num_objects = info.videos['val'][metadata['video_id']]['objects']
+        label, expression_set = metadata['label'], metadata['expression_set']
+        if expression_set == 2 and label == 2:
+            return None
+        drawn = num_objects + 1 - label if expression_set == 1 else label
+        return np.stack([aligned_mask(t, drawn - 1) for t in range(len(metadata['frame_indices']))])
+
+    evaluator = datasets.build_evaluator(config, dataset, tmp_path / 'run', 3)
+    for index in range(len(dataset)):
+        batch = dataset.collator([dataset[index]])
+        evaluator.update(batch, outputs_drawing(batch, masks_of_query))
+    metrics = evaluator.summarize()
+    assert metrics['anno_0 J&F'] == metrics['anno_1 J&F'] == metrics['anno_3 J&F'] == 1.0
+    assert (metrics['anno_2 J'], metrics['anno_2 F']) == pytest.approx((0.6, 0.6), abs=1e-12)
+    assert (metrics['J'], metrics['F'], metrics['J&F']) == pytest.approx((0.9, 0.9, 0.9), abs=1e-12)
+    assert (metrics['videos'], metrics['objects']) == (2, 5)
+    out = tmp_path / 'run' / 'ref_davis17' / 'epoch_3'
+    assert metrics['label_maps'] == str(out)
+    gt = davis_ground_truth(info, 'judo')
+    frames, written = read_label_maps(out / 'anno_0' / 'judo')
+    assert frames == ['00000', '00001', '00002', '00003']
+    assert Image.open(out / 'anno_0' / 'judo' / '00000.png').mode == 'P'
+    np.testing.assert_array_equal(written, np.where(gt == 255, 0, gt))  # (void: a ring around object 1)
+    np.testing.assert_array_equal(read_label_maps(out / 'anno_1' / 'judo')[1], np.choose(written, [0, 2, 1]))
+
+
+def test_a_missing_or_malformed_label_map_names_the_file(shared_dir, tmp_path):
+    from datasets.ref_davis17 import score_video
+    from tests.fake_benchmarks import make_ref_davis17_dataset
+    info = make_ref_davis17_dataset(tmp_path / 'ref_davis17', shared_dir, videos=('judo',), num_frames=2)
+    gt_dir = info.root / 'DAVIS' / 'Annotations_unsupervised' / '480p'
+    gt = davis_ground_truth(info, 'judo')
+    maps = np.where(gt == 255, 0, gt).astype(np.uint8)
+    write_label_maps(tmp_path / 'pred', 0, 'judo', maps[:1], ['00000'])
+    with pytest.raises(FileNotFoundError, match=r'anno_0/judo/00001\.png'):
+        score_video(tmp_path / 'pred', gt_dir, 'judo', [0])
+    Image.new('RGB', (96, 64)).save(tmp_path / 'pred' / 'anno_0' / 'judo' / '00001.png')
+    with pytest.raises(ValueError, match=r'00001\.png: expected a palette PNG .* got mode RGB'):
+        score_video(tmp_path / 'pred', gt_dir, 'judo', [0])
+    write_label_maps(tmp_path / 'pred', 0, 'judo', maps[1:, :, :90], ['00001'])
+    with pytest.raises(ValueError, match=r'00001\.png: 64x90 \(HxW\), but the ground-truth frame is 64x96'):
+        score_video(tmp_path / 'pred', gt_dir, 'judo', [0])
+    write_label_maps(tmp_path / 'pred', 0, 'judo', maps[1:], ['00001'])
+    (scores,) = score_video(tmp_path / 'pred', gt_dir, 'judo', [0])
+    assert scores.j_mean.tolist() == [1.0, 1.0]
+
+
+def test_config_has_the_refer_youtube_vos_model_and_eval_sizes():
+    # The checkpoint evaluated is a Refer-YouTube-VOS one: same network, same evaluation frame sizes (480p frames
+    # -> 360x640, as in ReferFormer's Ref-DAVIS17 inference).
+    from config import load_config
+    from datasets.transforms import resized_size
+    davis, ytvos = load_config('configs/ref_davis17.yaml'), load_config('configs/refer_youtube_vos.yaml')
+    model_keys = ['backbone_name', 'swin_embed_dim', 'swin_depths', 'swin_num_heads', 'swin_window_size',
+                  'num_encoder_layers', 'num_decoder_layers', 'dim_feedforward', 'd_model', 'dropout', 'nheads',
+                  'num_queries', 'mask_kernels_dim', 'text_encoder_type', 'eval_short_size', 'eval_max_size',
+                  'resize_frames']
+    assert {k: getattr(davis, k) for k in model_keys} == {k: getattr(ytvos, k) for k in model_keys}
+    assert davis.dataset_name == 'ref_davis17' and davis.davis_text_annotations_path is None
+    assert resized_size((854, 480), davis.eval_short_size, davis.eval_max_size) == (360, 640)
+    from models.postprocessing import ReferYoutubeVOSPostProcess, build
+    assert type(build(davis)) is ReferYoutubeVOSPostProcess  # what the original's build_model API returns

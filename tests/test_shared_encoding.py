@@ -113,6 +113,26 @@ def test_segment_in_query_batches_equals_decoding_all_at_once(model, case, query
 
 
 @pytest.mark.slow
+def test_factored_masks_multiply_out_to_the_masks(model, single):
+    from models.postprocessing import mask_logits, referred_query_outputs
+    samples, valid_indices, queries, shared, _ = single
+    factored = model.segment(samples, valid_indices, queries, query_batch=2, factored_masks=True)
+    assert set(factored) == {'mask_kernels', 'mask_features', 'pred_is_referred'}
+    assert factored['mask_features'].shape[2] == model.instance_kernels_head.layers[-1].out_features  # C = 8
+    assert_close([{'pred_masks': mask_logits(factored), 'pred_is_referred': factored['pred_is_referred']}],
+                 layers(shared)[:1])
+    # one chosen object query per text query: that query's masks
+    chosen = torch.tensor([3, 0, 7])
+    expected = shared['pred_masks'][:, torch.arange(3), chosen][:, :, None]
+    assert torch.allclose(mask_logits(factored, chosen), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+    best = referred_query_outputs(factored, 1, num_frames=2)
+    probabilities = shared['pred_is_referred'][:2, 1].softmax(-1)[..., 0].mean(0)
+    assert best['pred_masks'].shape == (2, 1, 1, *shared['pred_masks'].shape[-2:])
+    assert torch.allclose(best['pred_masks'][:, 0, 0], shared['pred_masks'][:2, 1, probabilities.argmax()],
+                          rtol=1e-5, atol=1e-5 * shared['pred_masks'].abs().max())
+
+
+@pytest.mark.slow
 def test_queries_on_one_video_see_its_features_expanded_not_copied(model, single):
     samples, valid_indices, queries, _, _ = single
     seen = []

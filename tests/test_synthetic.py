@@ -66,18 +66,20 @@ def test_the_a2d_loader_reads_it(small_dataset, tmp_path):
     test = datasets.build_dataset('test', **config.to_dict())
     counts = {split: sum(len(generate_video(SMALL, split, i)[2]) * len(SMALL.annotated_frames)
                          for i in range(n)) for split, n in (('train', 4), ('test', 2))}
-    assert (len(train), len(test)) == (counts['train'], counts['test'])
+    assert (len(train.samples), len(test.samples)) == (counts['train'], counts['test'])
+    assert len(test) == 2 * len(SMALL.annotated_frames)  # test items: an annotated frame with all its queries
 
     annotations = (small_dataset / 'text_annotations' / 'a2d_annotation.txt').read_text().splitlines()[1:]
     for index in range(len(test)):
-        frames, targets, query = test[index]
-        _, video_id, frame, instance_id = test.samples[index]
-        _, masks, _, expressions = generate_video(SMALL, 'test', int(video_id[-5:]))
-        centre = targets[config.window_size // 2]
-        assert torch.equal(centre['masks'][centre['referred_instance_idx']], torch.from_numpy(masks[instance_id,
-                                                                                                     frame - 1]))
-        assert query == expressions[instance_id] and f'{video_id},{instance_id},{query}' in annotations
+        frames, targets, queries = test[index]
         assert frames.shape == (config.window_size, 3, SMALL.frame_size, SMALL.frame_size)
+        for sample_index, query_targets, query in zip(test.items[index], targets, queries):
+            _, video_id, frame, instance_id = test.samples[sample_index]
+            _, masks, _, expressions = generate_video(SMALL, 'test', int(video_id[-5:]))
+            centre = query_targets[config.window_size // 2]
+            assert torch.equal(centre['masks'][centre['referred_instance_idx']],
+                               torch.from_numpy(masks[instance_id, frame - 1]))
+            assert query == expressions[instance_id] and f'{video_id},{instance_id},{query}' in annotations
 
 
 def test_fixed_query_control(tmp_path):
@@ -113,6 +115,7 @@ def test_first_use_generates_once_and_fills_the_paths(tmp_path, monkeypatch):
         ensure_synthetic_dataset(load_config(CONFIG, [f'dataset_path={tmp_path / "not_synthetic"}']))
 
 
+@pytest.mark.slow
 def test_mttr_learns_the_synthetic_task(tmp_path):
     """Two short epochs on a smaller dataset raise mAP and P@0.5 far above the same model untrained."""
     root = write_synthetic_dataset(tmp_path / 'data', SyntheticSpec(seed=1, num_train_videos=LEARN_TRAIN_VIDEOS,

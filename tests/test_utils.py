@@ -36,6 +36,7 @@ print(libc.mallinfo2().hblkhd - before)
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
 def test_keeping_freed_memory_serves_large_tensors_from_the_heap():
     def mapped_bytes(mode):

@@ -1,16 +1,35 @@
-"""Local J&F of Refer-YouTube-VOS predictions against ground truth in the train layout.
+"""Local J&F of Refer-YouTube-VOS, MeViS and Ref-DAVIS17 predictions against ground truth.
 
     python tools/evaluate_refer_youtube_vos.py PREDICTIONS --dataset-root ROOT [--videos v1 v2 | --videos-file F]
     python tools/evaluate_refer_youtube_vos.py PREDICTIONS --annotations-dir DIR --meta META_JSON
+    python tools/evaluate_refer_youtube_vos.py PREDICTIONS --benchmark mevis --dataset-root MEVIS_ROOT [--split valid_u]
+    python tools/evaluate_refer_youtube_vos.py PREDICTIONS --benchmark mevis --meta META_JSON --mask-dict MASK_DICT
+    python tools/evaluate_refer_youtube_vos.py PREDICTIONS --benchmark ref_davis17 --dataset-root REF_DAVIS17_ROOT
+    python tools/evaluate_refer_youtube_vos.py PREDICTIONS --benchmark ref_davis17 --annotations-dir DIR
 
-PREDICTIONS is a folder or a submission zip holding `Annotations/<video>/<exp_id>/<frame>.png` (nonzero pixels =
-object). The ground truth is `<root>/train/Annotations/<video>/<frame>.png` (palette PNGs, pixel value = object
-id) with `<root>/meta_expressions/train/meta_expressions.json`, whose expressions carry an `obj_id`.
+refer_youtube_vos (default): PREDICTIONS is a folder or a submission zip holding
+`Annotations/<video>/<exp_id>/<frame>.png` (nonzero pixels = object). The ground truth is
+`<root>/train/Annotations/<video>/<frame>.png` (palette PNGs, pixel value = object id) with
+`<root>/meta_expressions/train/meta_expressions.json`, whose expressions carry an `obj_id`.
 
-J and F follow DAVIS 2017 (`metrics.db_eval_iou`, `metrics.db_eval_boundary`); as on the benchmark, each
+mevis: PREDICTIONS is a folder or zip holding `<video>/<exp_id>/<frame>.png` (as the server takes them; an
+`Annotations/` level is accepted too). The ground truth is `<root>/<split>/meta_expressions.json` with
+`<root>/<split>/mask_dict.json` (split valid_u or train): an expression's target is the union of its objects.
+
+J and F follow DAVIS 2017 (`metrics.db_eval_iou`, `metrics.db_eval_boundary`); for both of these benchmarks each
 expression averages them over its frames, then the expressions are averaged; J&F = (J + F) / 2. A missing
-prediction file is scored as an empty mask and reported. Results go to `--output` (JSON; default:
-`<PREDICTIONS without .zip>_jf.json` beside the predictions).
+prediction file is scored as an empty mask and reported.
+
+ref_davis17: PREDICTIONS is the folder holding `anno_<a>/<video>/<frame>.png` label maps (what
+`main.py -rm eval -c configs/ref_davis17.yaml` writes under `<run>/ref_davis17/epoch_<n>`), for one to four
+expression sets. They are scored with the DAVIS-2017 unsupervised protocol against
+`<root>/DAVIS/Annotations_unsupervised/480p` (`--annotations-dir`), on the videos of
+`<root>/DAVIS/ImageSets/2017/val.txt` (or of the predictions, or `--videos`); every ground-truth frame needs a
+label map. With the four sets, J&F is their mean (the reported number).
+
+Results go to `--output` (JSON; default: `<PREDICTIONS without .zip>_jf.json` beside the predictions). Missing or
+unreadable inputs (a corrupt PNG, an RGB or wrong-size PNG, a missing file) stop the tool with a one-line error
+naming the file, exit status 2.
 """
 import argparse
 import json
@@ -25,14 +44,17 @@ from tqdm import tqdm
 if __package__ in (None, ''):
     # Run as a script (`python tools/evaluate_refer_youtube_vos.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from metrics import db_eval_boundary, db_eval_iou  # noqa: E402
+from metrics import (REF_DAVIS17_EXPRESSION_SETS, davis_global_scores, db_eval_boundary, db_eval_iou,  # noqa: E402
+                     mevis_expression_scores, mevis_summary, ref_davis17_scores)
+from datasets import mevis, ref_davis17  # noqa: E402
 from datasets.refer_youtube_vos import read_meta_expressions  # noqa: E402
 from datasets.submission import PredictionMasks  # noqa: E402
-from utils import atomic_write  # noqa: E402
+from utils import atomic_write, error_message  # noqa: E402
 
 GT_LAYOUT = ('the Refer-YouTube-VOS train layout: <root>/train/Annotations/<video>/<frame>.png, palette PNGs '
              'whose pixel value is the object id (0 = background)')
 MAX_NAMES_PRINTED = 10
+BENCHMARKS = ('refer_youtube_vos', 'mevis', 'ref_davis17')
 
 
 def evaluate_refer_youtube_vos(predictions, annotations_dir, meta_path, videos: Optional[Sequence[str]] = None,
@@ -71,6 +93,101 @@ def evaluate_refer_youtube_vos(predictions, annotations_dir, meta_path, videos: 
             'num_videos': len(meta), 'num_expressions': num_expressions, 'num_frames': num_frames,
             'missing_predictions': missing, 'per_expression': per_expression,
             'predictions': str(predictions), 'annotations_dir': str(annotations_dir), 'meta': str(meta_path)}
+
+
+def evaluate_mevis(predictions, meta_path, mask_dict_path, split: str = 'valid_u',
+                   videos: Optional[Sequence[str]] = None, show_progress: bool = True) -> dict:
+    """J, F and J&F of MeViS predictions (folder or zip of `<video>/<exp_id>/<frame>.png`) on the expressions of
+    `meta_path` (a train or valid_u `meta_expressions.json`), with the targets of `mask_dict_path`; restricted to
+    `videos` when given. Same result keys as `evaluate_refer_youtube_vos`, expressions keyed `<video>_<exp_id>`
+    as in MeViS's own evaluation."""
+    if split not in mevis.SPLITS_WITH_MASKS:
+        raise ValueError(f'MeViS split {split!r} has no public ground truth; expected one of {mevis.SPLITS_WITH_MASKS}')
+    meta = _select_videos(mevis.read_meta_expressions(meta_path, split), videos, meta_path)
+    if not Path(mask_dict_path).is_file():
+        raise FileNotFoundError(f'MeViS masks file not found: {mask_dict_path} '
+                                f'(expected <root>/{split}/mask_dict.json)')
+    mask_dict = mevis.read_mask_dict(mask_dict_path)
+    num_expressions = sum(len(entry['expressions']) for entry in meta.values())
+    per_expression: Dict[str, Dict[str, float]] = {}
+    missing: List[str] = []
+    num_frames = 0
+    with PredictionMasks(predictions) as masks, \
+            tqdm(total=num_expressions, desc='J&F', unit='expr', disable=not show_progress) as progress:
+        for video, entry in meta.items():
+            frame_size = _mevis_frame_size(mask_dict, masks, video, entry, mask_dict_path)
+            for exp_id, expression in entry['expressions'].items():
+                try:
+                    gt_masks = mevis.target_masks(mask_dict, expression['anno_id'], len(entry['frames']), frame_size)
+                except ValueError as error:
+                    raise ValueError(f'{mask_dict_path}: expression {video}/{exp_id}: {error}') from error
+                names = [f'{video}/{exp_id}/{frame}.png' for frame in entry['frames']]
+                pred_masks = np.stack([_read_prediction(masks, name, frame_size, missing) for name in names])
+                ((key, (j, f)),) = mevis_expression_scores([(video, exp_id, gt_masks, pred_masks)]).items()
+                per_expression[key] = {'J': j, 'F': f}
+                num_frames += len(names)
+                progress.update()
+    summary = mevis_summary({key: (scores['J'], scores['F']) for key, scores in per_expression.items()})
+    return {**summary, 'num_videos': len(meta), 'num_expressions': num_expressions, 'num_frames': num_frames,
+            'missing_predictions': missing, 'per_expression': per_expression,
+            'predictions': str(predictions), 'meta': str(meta_path), 'mask_dict': str(mask_dict_path)}
+
+
+def _mevis_frame_size(mask_dict, masks: PredictionMasks, video: str, entry: dict, mask_dict_path):
+    """(H, W) of a video's frames: from its masks' RLEs, or (no object visible anywhere) from its first
+    prediction, as MeViS's evaluation takes it."""
+    for expression in entry['expressions'].values():
+        for anno_id in expression['anno_id']:
+            for rle in mask_dict.get(anno_id) or []:
+                if rle is not None:
+                    return tuple(rle['size'])
+    for exp_id in entry['expressions']:
+        for frame in entry['frames']:
+            name = f'{video}/{exp_id}/{frame}.png'
+            if name in masks.names:
+                return masks.open(name).size[::-1]
+    raise ValueError(f'video {video}: no mask in {mask_dict_path} and no prediction to take the frame size from')
+
+
+def evaluate_ref_davis17(predictions, annotations_dir, videos: Optional[Sequence[str]] = None,
+                         show_progress: bool = True) -> dict:
+    """DAVIS-2017 unsupervised J, F and J&F of Ref-DAVIS17 label maps `<predictions>/anno_<a>/<video>/<frame>.png`
+    against `annotations_dir` (`Annotations_unsupervised/480p`), per expression set found and, with all four, their
+    mean; on `videos`, by default those of the predictions.
+
+    Returns `{'J', 'F', 'J&F'` (the mean over the sets), `'per_set'` (`{'anno_<a>': {'J', 'F', 'J&F'}}`),
+    `'per_video'` (`{video: {'anno_<a>': {'J', 'F'}}}`, lists over the ground-truth objects), `'num_videos'`,
+    `'num_objects'`, and the input paths`}`."""
+    predictions, annotations_dir = Path(predictions), Path(annotations_dir)
+    if not predictions.is_dir():
+        raise FileNotFoundError(f'predictions folder not found: {predictions} (expected '
+                                '<predictions>/anno_<a>/<video>/<frame>.png)')
+    if not annotations_dir.is_dir():
+        raise FileNotFoundError(f'ground-truth folder not found: {annotations_dir} (expected '
+                                'DAVIS/Annotations_unsupervised/480p/<video>/<frame>.png)')
+    sets = [a for a in range(REF_DAVIS17_EXPRESSION_SETS) if (predictions / f'anno_{a}').is_dir()]
+    if not sets:
+        raise FileNotFoundError(f'{predictions}: no anno_0 .. anno_3 folder of label maps')
+    if videos is None:
+        videos = sorted({p.name for a in sets for p in (predictions / f'anno_{a}').iterdir() if p.is_dir()})
+    if not videos:
+        raise ValueError(f'{predictions}: no video folder of label maps')
+    per_set: Dict[int, list] = {a: [] for a in sets}
+    per_video = {}
+    for video in tqdm(videos, desc='J&F', unit='video', disable=not show_progress):
+        scores = ref_davis17.score_video(predictions, annotations_dir, video, sets)
+        per_video[video] = {f'anno_{a}': {'J': s.j_mean.tolist(), 'F': s.f_mean.tolist()} for a, s in zip(sets, scores)}
+        for a, video_scores in zip(sets, scores):
+            per_set[a].append(video_scores)
+    if sets == list(range(REF_DAVIS17_EXPRESSION_SETS)):
+        results = ref_davis17_scores(per_set)
+        mean = results.pop('mean')
+    else:
+        results = {f'anno_{a}': davis_global_scores(per_set[a]) for a in sets}
+        mean = {key: float(np.mean([scores[key] for scores in results.values()])) for key in ('J', 'F', 'J&F')}
+    return {**mean, 'per_set': results, 'num_videos': len(videos),
+            'num_objects': sum(len(scores.j_mean) for scores in per_set[sets[0]]), 'per_video': per_video,
+            'predictions': str(predictions), 'annotations_dir': str(annotations_dir)}
 
 
 def _select_videos(meta: Dict[str, dict], videos: Optional[Sequence[str]], meta_path) -> Dict[str, dict]:
@@ -121,9 +238,21 @@ def _read_prediction(masks: PredictionMasks, name: str, shape, missing: List[str
     return values > 0
 
 
-def format_results(results: dict) -> str:
+def format_results(results: dict, benchmark: str = 'refer_youtube_vos') -> str:
     """The summary printed by the command line: scores in percent and the missing prediction files."""
-    lines = [f'Refer-YouTube-VOS, DAVIS-2017 measures: {results["num_videos"]} videos, '
+    if benchmark == 'ref_davis17':
+        lines = [f'Ref-DAVIS17, DAVIS-2017 unsupervised protocol: {results["num_videos"]} videos, '
+                 f'{results["num_objects"]} objects',
+                 f'  {"expression set":<36} {"J&F":>6} {"J":>6} {"F":>6}']
+        for name, scores in results['per_set'].items():
+            label = f'{name} ({ref_davis17.SET_NAMES[int(name[5:])]})'
+            lines.append(f'  {label:<36} {100 * scores["J&F"]:6.2f} {100 * scores["J"]:6.2f} {100 * scores["F"]:6.2f}')
+        label = 'mean (the reported number)' if len(results['per_set']) == REF_DAVIS17_EXPRESSION_SETS \
+            else f'mean of {len(results["per_set"])} sets (not the reported number)'
+        lines.append(f'  {label:<36} {100 * results["J&F"]:6.2f} {100 * results["J"]:6.2f} {100 * results["F"]:6.2f}')
+        return '\n'.join(lines)
+    name = {'refer_youtube_vos': 'Refer-YouTube-VOS', 'mevis': 'MeViS'}[benchmark]
+    lines = [f'{name}, DAVIS-2017 measures: {results["num_videos"]} videos, '
              f'{results["num_expressions"]} expressions, {results["num_frames"]} frames',
              f'J&F {100 * results["J&F"]:.2f}   J {100 * results["J"]:.2f}   F {100 * results["F"]:.2f}']
     missing = results['missing_predictions']
@@ -140,32 +269,63 @@ def _default_output(predictions: Path) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('predictions', help='predictions folder or submission zip')
-    parser.add_argument('--dataset-root', help='Refer-YouTube-VOS root: train/Annotations and meta_expressions/train')
-    parser.add_argument('--annotations-dir', help='ground-truth masks (default: <dataset-root>/train/Annotations)')
-    parser.add_argument('--meta', help='meta file with obj_id per expression '
-                                       '(default: <dataset-root>/meta_expressions/train/meta_expressions.json)')
+    parser.add_argument('predictions', help='predictions folder or submission zip (ref_davis17: the folder holding '
+                                            'anno_<a>/)')
+    parser.add_argument('--benchmark', choices=BENCHMARKS, default='refer_youtube_vos',
+                        help='the ground truth and protocol (default: refer_youtube_vos)')
+    parser.add_argument('--dataset-root', help='the dataset root (refer_youtube_vos: holding train/ and '
+                                               'meta_expressions/; mevis: holding valid_u/; '
+                                               'ref_davis17: holding DAVIS/)')
+    parser.add_argument('--annotations-dir', help='ground-truth masks (default: <dataset-root>/train/Annotations; '
+                                                  'ref_davis17: <dataset-root>/DAVIS/Annotations_unsupervised/480p)')
+    parser.add_argument('--meta', help='meta file with the referred objects of each expression (default: '
+                                       '<dataset-root>/meta_expressions/train/meta_expressions.json; mevis: '
+                                       '<dataset-root>/<split>/meta_expressions.json)')
+    parser.add_argument('--mask-dict', help='mevis: the masks (default: <dataset-root>/<split>/mask_dict.json)')
+    parser.add_argument('--split', default='valid_u', choices=mevis.SPLITS_WITH_MASKS,
+                        help='mevis: the split with ground truth (default: valid_u)')
     videos = parser.add_mutually_exclusive_group()
     videos.add_argument('--videos', nargs='+', help='evaluate only these videos')
     videos.add_argument('--videos-file', help='evaluate only the videos listed in this file, one a line')
     parser.add_argument('--output', help='results JSON (default: <predictions>_jf.json beside the predictions)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
-
     root = Path(args.dataset_root) if args.dataset_root else None
-    if root is None and (args.annotations_dir is None or args.meta is None):
-        parser.error('give --dataset-root, or both --annotations-dir and --meta')
-    annotations_dir = Path(args.annotations_dir) if args.annotations_dir else root / 'train' / 'Annotations'
-    meta = Path(args.meta) if args.meta else root / 'meta_expressions' / 'train' / 'meta_expressions.json'
-    selected = args.videos
-    if args.videos_file:
-        selected = [line.strip() for line in Path(args.videos_file).read_text().splitlines() if line.strip()]
-
-    results = evaluate_refer_youtube_vos(args.predictions, annotations_dir, meta, selected,
-                                         show_progress=not args.no_progress)
-    print(format_results(results))
-    output = Path(args.output) if args.output else _default_output(Path(args.predictions))
-    atomic_write(output, lambda f: json.dump(results, f, indent=2), mode='w')
+    try:
+        selected = args.videos
+        if args.videos_file:
+            selected = [line.strip() for line in Path(args.videos_file).read_text().splitlines() if line.strip()]
+        if args.benchmark == 'ref_davis17':
+            if root is None and args.annotations_dir is None:
+                parser.error('give --dataset-root or --annotations-dir')
+            annotations_dir = Path(args.annotations_dir) if args.annotations_dir \
+                else root / 'DAVIS' / 'Annotations_unsupervised' / '480p'
+            if selected is None and root is not None:
+                selected = ref_davis17.read_video_list(
+                    ref_davis17.require_path(root / 'DAVIS' / 'ImageSets' / '2017' / 'val.txt', 'val video list',
+                                             ref_davis17.LAYOUT))
+            results = evaluate_ref_davis17(args.predictions, annotations_dir, selected,
+                                           show_progress=not args.no_progress)
+        elif args.benchmark == 'mevis':
+            if root is None and (args.meta is None or args.mask_dict is None):
+                parser.error('give --dataset-root, or both --meta and --mask-dict')
+            meta = Path(args.meta) if args.meta else root / args.split / 'meta_expressions.json'
+            mask_dict = Path(args.mask_dict) if args.mask_dict else root / args.split / 'mask_dict.json'
+            results = evaluate_mevis(args.predictions, meta, mask_dict, args.split, selected,
+                                     show_progress=not args.no_progress)
+        else:
+            if root is None and (args.annotations_dir is None or args.meta is None):
+                parser.error('give --dataset-root, or both --annotations-dir and --meta')
+            annotations_dir = Path(args.annotations_dir) if args.annotations_dir else root / 'train' / 'Annotations'
+            meta = Path(args.meta) if args.meta else root / 'meta_expressions' / 'train' / 'meta_expressions.json'
+            results = evaluate_refer_youtube_vos(args.predictions, annotations_dir, meta, selected,
+                                                 show_progress=not args.no_progress)
+        print(format_results(results, args.benchmark))
+        output = Path(args.output) if args.output else _default_output(Path(args.predictions))
+        atomic_write(output, lambda f: json.dump(results, f, indent=2), mode='w')
+    except (OSError, ValueError, RuntimeError) as error:  # missing or malformed inputs: one line naming the file
+        print(f'error: {error_message(error)}', file=sys.stderr)
+        return 2
     print(f'results saved to {output}')
     return 0
 

@@ -18,6 +18,7 @@ if __package__ in (None, ''):
     # Run as a script (`python tools/make_submission_zip.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.submission import check_submission_zip, excluded_test_videos, write_submission_zip  # noqa: E402
+from utils import WriteError, error_message  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,7 +37,14 @@ def main(argv=None) -> int:
                                              '(default: <dataset-root>/meta_expressions/test/... when present)')
         sub.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
+    try:
+        return run(args, parser)
+    except (OSError, ValueError, WriteError) as error:  # missing or unreadable inputs, an output it cannot write
+        print(f'error: {error_message(error)}', file=sys.stderr)
+        return 2
 
+
+def run(args, parser) -> int:
     if args.command == 'write':
         zip_path = write_submission_zip(args.predictions_dir, args.zip_path)
         print(f'wrote {zip_path}')

@@ -1,0 +1,424 @@
+"""Try a trained MTTR in the browser: a Gradio page to drop a video on, type what to segment, and watch the result.
+
+    pip install -r requirements-demo.txt
+    python demo.py -c configs/synthetic.yaml -ckpt runs/<run>/checkpoints/best.pth.tar --cpu
+    python demo.py -c configs/refer_youtube_vos.yaml -ckpt refer-youtube-vos_window-12.pth.tar [--host 0.0.0.0]
+
+The page runs the segmentation of inference.py (models/video_segmenter.py: each window encoded once for all the
+text queries, one object query chosen per text query for the whole video) and shows the overlay video with every
+query's mask in its own colour and a legend, a plot of each query's probability of "referred" per frame, and a zip
+of the masks, `<nn>_<query>/<frame>.png`: the files inference.py writes into `OUT_DIR/<nn>_<query>/masks/` for the
+same video, checkpoint, queries and window size.
+
+For a server: the page listens on 127.0.0.1 unless --host says otherwise; the size of an upload, the length of a
+video, and the frames and queries of a request are limited (flags); the model serves one request at a time while
+the others wait in a queue that shows their position. Uploads and results live in a temporary folder: a page's
+files are deleted when it is closed, everything when the server stops. With the synthetic config, the page
+offers clips of the synthetic generator with their referring expressions as examples.
+"""
+import argparse
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Set
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from datasets.video import (OVERLAY_COLOURS, Mp4Writer, draw_overlays, open_input, query_folder_name, video_duration,
+                            write_mask_png, write_mp4)
+from models.video_segmenter import VideoSegmenter, load_inference_config
+from utils import UsageError, error_message, keep_freed_memory_in_process
+
+try:  # the optional requirements (requirements-demo.txt): main() says how to install them when they are missing
+    import gradio as gr
+    from matplotlib.figure import Figure
+except ImportError as error:
+    MISSING_DEPENDENCY: Optional[ImportError] = error
+else:
+    MISSING_DEPENDENCY = None
+
+MAX_WINDOW_SIZE = 36  # a window is one forward pass: its memory grows with its frames
+DISPLAY_MIN_HEIGHT = 240  # smaller videos are enlarged in the overlay video, so that the legend stays readable
+EXAMPLE_FRAMES = 24
+EXAMPLE_SCALE = 3  # example clips are drawn at the synthetic training size (64x64) and shown 3 times larger
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server."""
+    max_upload_mb: float = 50
+    max_video_seconds: float = 120
+    max_frames: int = 300
+    max_queries: int = 6
+
+
+@dataclass
+class DemoResult:
+    overlay: Path  # mp4: the frames with every query's mask and a legend
+    plot: Path  # png: each query's probability of "referred" per frame
+    masks_zip: Path  # <nn>_<query>/<frame>.png, as inference.py's <nn>_<query>/masks/<frame>.png
+    summary: str  # markdown
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One request
+
+
+def read_queries(text: Optional[str], max_queries: int) -> List[str]:
+    """One query per line; empty lines are skipped."""
+    queries = [line.strip() for line in (text or '').splitlines() if line.strip()]
+    if not queries:
+        raise UsageError('no text query: type the words that describe the object, one query per line')
+    if len(queries) > max_queries:
+        raise UsageError(f'{len(queries)} queries: this server segments at most {max_queries} per request')
+    return queries
+
+
+def read_time_range(start: Optional[float], end: Optional[float]):
+    """(start, end) in seconds; an empty start is 0, an empty or 0 end the end of the video (the page's number
+    boxes cannot be empty)."""
+    start = float(start or 0)
+    end = float(end) if end else None
+    if start < 0:
+        raise UsageError(f'start must be 0 or more seconds, got {start:g}')
+    if end is not None and end <= start:
+        raise UsageError(f'end ({end:g} s) must come after start ({start:g} s)')
+    return start, end
+
+
+def segment_video(segmenter: VideoSegmenter, video: Optional[str], queries_text: Optional[str], window_size,
+                  start: Optional[float], end: Optional[float], limits: Limits, run_dir: Path,
+                  progress: Optional[Callable[[float, str], None]] = None) -> DemoResult:
+    """Segments the video for every query and writes the results into `run_dir` (new). What the user can fix
+    raises a UsageError. `progress(fraction done, what runs)` follows the windows, then the writing."""
+    def report(fraction, description):
+        if progress is not None:
+            progress(fraction, description)
+
+    if not video:
+        raise UsageError('no video: upload one (or pick an example)')
+    queries = read_queries(queries_text, limits.max_queries)
+    window_size = int(window_size)
+    if not 1 <= window_size <= MAX_WINDOW_SIZE:
+        raise UsageError(f'the window size must be 1 to {MAX_WINDOW_SIZE} frames, got {window_size}')
+    start, end = read_time_range(start, end)
+    report(0, 'reading the video')
+    duration = video_duration(video)
+    if duration > limits.max_video_seconds:
+        raise UsageError(f'the video is {duration:.1f} s long; this server takes videos of at most '
+                         f'{limits.max_video_seconds:g} s')
+    frames = open_input(video, start, end, None, 30.0)
+    if len(frames.frames) > limits.max_frames:
+        span = f'from {start:g} s to {end:g} s' if end is not None else f'from {start:g} s to the end'
+        raise UsageError(f'{len(frames.frames)} frames {span}; this server segments at most {limits.max_frames} '
+                         'frames per request: choose a shorter part with start and end')
+    began = time.perf_counter()
+    run_dir.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix='.scratch-') as scratch_dir:
+        result = segmenter.segment(frames, queries, window_size, Path(scratch_dir),
+                                   progress=lambda done, total: report(0.9 * done / total,
+                                                                       f'window {done} of {total}'))
+        overlay_path, masks_zip = write_videos_and_masks(result, frames, run_dir, Path(video).stem, report)
+    segment_seconds = time.perf_counter() - began
+    probabilities = [result.referred_probabilities(q)[:, result.object_queries[q]] for q in range(len(queries))]
+    plot_path = plot_referred_probabilities(run_dir / 'referred.png', frames, result, probabilities)
+    height, width = frames.size
+    rows = [f'| {query_folder_name(q, query)} | {result.object_queries[q]} | {probabilities[q].mean():.3f} |'
+            for q, query in enumerate(queries)]
+    summary = '\n'.join([
+        f'{len(frames.frames)} frames of {width}x{height} at {frames.frame_rate:g} fps, {len(result.windows)} '
+        f'window{"s" if len(result.windows) > 1 else ""} of up to {window_size} frames, segmented in '
+        f'{segment_seconds:.1f} s.', '',
+        '| query (folder in the zip) | object query | mean probability of "referred" |', '| --- | --- | --- |', *rows])
+    return DemoResult(overlay_path, plot_path, masks_zip, summary)
+
+
+def write_videos_and_masks(result, frames, run_dir: Path, name: str, report):
+    """The overlay video of all the queries, and the zip of their masks."""
+    queries = result.queries
+    colours = [OVERLAY_COLOURS[q % len(OVERLAY_COLOURS)] for q in range(len(queries))]
+    folders = [query_folder_name(q, query) for q, query in enumerate(queries)]
+    masks_dir = run_dir / 'masks'
+    for folder in folders:
+        (masks_dir / folder).mkdir(parents=True)
+    height, width = frames.size
+    scale = math.ceil(DISPLAY_MIN_HEIGHT / height) if height < DISPLAY_MIN_HEIGHT else 1
+    overlay_path, writer = run_dir / f'{name}_overlay.mp4', None
+    try:
+        for position, frame, image, _, masks in result.frame_masks(frames, frames.size):
+            for folder, mask in zip(folders, masks):
+                write_mask_png(masks_dir / folder / f'{frame.name}.png', mask)
+            if scale > 1:
+                image = image.resize((width * scale, height * scale), Image.BILINEAR)
+                masks = [cv2.resize(m, (width * scale, height * scale), interpolation=cv2.INTER_NEAREST) for m in masks]
+            overlay = draw_overlays(image, masks, queries, colours)
+            overlay = np.pad(overlay, ((0, 0), (0, overlay.shape[1] % 2), (0, 0)))  # browsers play 4:2:0 only
+            if writer is None:
+                writer = Mp4Writer(overlay_path, frames.frame_rate, overlay.shape[:2])
+            writer.write(overlay)
+            report(0.9 + 0.1 * (position + 1) / len(frames.frames), 'writing the overlay video and the masks')
+    finally:
+        if writer is not None:
+            writer.close()
+    masks_zip = run_dir / f'{name}_masks.zip'
+    with zipfile.ZipFile(masks_zip, 'w', zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+        for path in sorted(masks_dir.rglob('*.png')):
+            archive.write(path, path.relative_to(masks_dir).as_posix())
+    return overlay_path, masks_zip
+
+
+def plot_referred_probabilities(path: Path, frames, result, probabilities) -> Path:
+    """Each query's probability of "referred" (its chosen object query's) per frame, window borders dotted."""
+    figure = Figure(figsize=(8, 2.8), dpi=100)
+    axes = figure.add_subplot()
+    frame_numbers = [frame.source_index for frame in frames.frames]
+    for window in result.windows[1:]:
+        axes.axvline(frame_numbers[window.first_output] - 0.5, color='0.8', linestyle=':', linewidth=1)
+    for q, query in enumerate(result.queries):
+        colour = np.array(OVERLAY_COLOURS[q % len(OVERLAY_COLOURS)]) / 255
+        axes.plot(frame_numbers, probabilities[q], color=colour, marker='.', linewidth=1.5,
+                  label=f'{query} (object query {result.object_queries[q]})')
+    axes.set_ylim(0, 1)
+    axes.set_xlabel('frame')
+    axes.set_ylabel('probability of "referred"')
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize='small', loc='best')
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Examples
+
+
+def write_example_clips(directory: Path, count: int = 3) -> List[list]:
+    """Clips of the synthetic generator (test-split videos of 24 frames, drawn at the training size and enlarged
+    three times, which the evaluation resize undoes) with their referring expressions: gr.Examples rows."""
+    from datasets.synthetic import SyntheticSpec, generate_video
+    spec = SyntheticSpec(num_frames=EXAMPLE_FRAMES, annotated_frames=tuple(range(1, EXAMPLE_FRAMES + 1)))
+    directory.mkdir(parents=True, exist_ok=True)
+    examples = []
+    for index in range(count):
+        frames, _, _, expressions = generate_video(spec, 'test', index)
+        frames = np.repeat(np.repeat(frames, EXAMPLE_SCALE, axis=1), EXAMPLE_SCALE, axis=2)  # [T, 3H, 3W, 3]
+        path = write_mp4(directory / f'synthetic_{index}.mp4', frames, rate=8, options={'crf': '10'})
+        examples.append([str(path), '\n'.join(expressions)])
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The page
+
+
+class SessionFiles:
+    """The files of each page session (its results folder and the videos it sent), deleted when the page is
+    closed. Gradio stores an upload under a hash of its contents, so two sessions may share one."""
+
+    def __init__(self, sessions_dir: Path):
+        self.sessions_dir = Path(sessions_dir)
+        self.uploads: Dict[str, Set[str]] = {}  # upload path -> the sessions that sent it
+        self.lock = threading.Lock()
+
+    def run_dir(self, session: str) -> Path:
+        return self.sessions_dir / session / f'run-{time.time_ns()}'
+
+    def add_upload(self, session: str, path: str):
+        with self.lock:
+            self.uploads.setdefault(path, set()).add(session)
+
+    def end(self, session: str):
+        shutil.rmtree(self.sessions_dir / session, ignore_errors=True)
+        with self.lock:
+            for path, sessions in list(self.uploads.items()):
+                sessions.discard(session)
+                if not sessions:
+                    Path(path).unlink(missing_ok=True)
+                    del self.uploads[path]
+
+
+def build_app(segmenter: VideoSegmenter, limits: Limits, work_dir: Path, default_window_size: int = 12,
+              examples: Optional[List[list]] = None, description: str = '') -> 'gr.Blocks':
+    """The page, its files in `work_dir` (uploads, examples, results). Launch it with `launch_app`."""
+    # Gradio takes its cache folder from the environment when a component or the server is made
+    os.environ['GRADIO_TEMP_DIR'] = str(work_dir)
+    session_files = SessionFiles(work_dir / 'sessions')
+    examples_dir = (work_dir / 'examples').resolve()
+
+    def remember_upload(video, request: gr.Request):
+        if video and not Path(video).resolve().is_relative_to(examples_dir):  # examples stay for every page
+            session_files.add_upload(request.session_hash or 'no-session', video)
+
+    def run(video, queries_text, window_size, start, end, request: gr.Request, progress=gr.Progress()):
+        remember_upload(video, request)  # again: API clients send their video with the request
+        run_dir = session_files.run_dir(request.session_hash or 'no-session')
+        try:
+            result = segment_video(segmenter, video, queries_text, window_size, start, end, limits, run_dir,
+                                   lambda fraction, text: progress(fraction, desc=text))
+        except UsageError as error:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            # the page shows the upload's name, not where the server keeps it
+            message = error_message(error).replace(str(video), Path(video).name) if video else error_message(error)
+            raise gr.Error(message, print_exception=False) from error
+        except Exception as error:  # nothing a request sends may stop the server: the page says what went wrong
+            traceback.print_exc()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise gr.Error(f'the segmentation failed: {type(error).__name__}: {error_message(error)}',
+                           print_exception=False) from error
+        return str(result.overlay), str(result.plot), str(result.masks_zip), result.summary
+
+    def end_session(request: gr.Request):
+        if request.session_hash:
+            session_files.end(request.session_hash)
+
+    with gr.Blocks(title='MTTR: referring video object segmentation', analytics_enabled=False) as app:
+        gr.Markdown('# MTTR: segment what your words refer to in a video\nUpload a video (or pick an example), '
+                    'type what to segment, one query per line, and click Segment. ' + description)
+        with gr.Row():
+            with gr.Column():
+                video = gr.Video(label='video', sources=['upload'], include_audio=True, elem_id='video-input')
+                queries = gr.Textbox(label='text queries, one per line', lines=3, elem_id='queries',
+                                     placeholder='a person riding a skateboard\nthe dog on the left')
+                with gr.Row():
+                    window_size = gr.Slider(1, MAX_WINDOW_SIZE, value=default_window_size, step=1,
+                                            label='window size (frames per forward pass)', elem_id='window-size')
+                    start = gr.Number(value=0, minimum=0, label='start (seconds)', elem_id='start')
+                    end = gr.Number(value=0, minimum=0, label='end (seconds; 0: the end)', elem_id='end')
+                button = gr.Button('Segment', variant='primary', elem_id='segment')
+                if examples:
+                    gr.Examples(examples, inputs=[video, queries], label='examples from the synthetic generator',
+                                elem_id='examples', cache_examples=False)
+            with gr.Column():
+                overlay = gr.Video(label='overlay (every query in its colour)', interactive=False, autoplay=True,
+                                   loop=True, elem_id='overlay')
+                plot = gr.Image(label='probability of "referred" per frame', type='filepath', format='png',
+                                interactive=False, height=300, elem_id='plot')
+                masks_zip = gr.File(label='masks: <nn>_<query>/<frame>.png (0/255, at the video\'s size)',
+                                    interactive=False, elem_id='masks')
+                summary = gr.Markdown(elem_id='summary')
+        video.upload(remember_upload, video, api_visibility='private')
+        button.click(run, [video, queries, window_size, start, end], [overlay, plot, masks_zip, summary],
+                     api_name='segment', concurrency_limit=1)
+        app.unload(end_session)
+    return app
+
+
+def launch_app(app: 'gr.Blocks', limits: Limits, host: str = '127.0.0.1', port: Optional[int] = 7860) -> str:
+    """Serve the page in the background, one request at a time on the model; returns its address."""
+    app.queue(default_concurrency_limit=1)
+    _, url, _ = app.launch(server_name=host, server_port=port, max_file_size=int(limits.max_upload_mb * 1024 ** 2),
+                           prevent_thread_lock=True, footer_links=['api'])
+    return url
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='A web page to segment the object each text query refers to in a video, with an MTTR '
+                    'checkpoint (the segmentation of inference.py).',
+        epilog='Needs the optional requirements: pip install -r requirements-demo.txt. Config values are merged as: '
+               'YAML file < --set. The text encoder\'s pretrained weights are not loaded (the checkpoint holds them).')
+    parser.add_argument('-c', '--config_path', required=True, help='YAML config, e.g. configs/refer_youtube_vos.yaml')
+    parser.add_argument('-ckpt', '--checkpoint_path', required=True,
+                        help='MTTR checkpoint (official ones load as they are)')
+    parser.add_argument('--cpu', action='store_true', help='run on the CPU (default: CUDA)')
+    parser.add_argument('--host', default='127.0.0.1',
+                        help='address to listen on (default %(default)s: this machine only; 0.0.0.0: every network '
+                             'the machine is on)')
+    parser.add_argument('--port', type=int, default=7860, help='port to listen on (default %(default)s)')
+    parser.add_argument('-ws', '--window_size', type=int, default=12,
+                        help='the page\'s window size (frames per forward pass) until the user changes it (default '
+                             '%(default)s)')
+    parser.add_argument('--max-upload-mb', type=float, default=Limits.max_upload_mb, metavar='MB',
+                        help='largest video upload (default %(default)g MB)')
+    parser.add_argument('--max-video-seconds', type=float, default=Limits.max_video_seconds, metavar='S',
+                        help='longest video accepted (default %(default)g s)')
+    parser.add_argument('--max-frames', type=int, default=Limits.max_frames, metavar='N',
+                        help='most frames segmented per request, those between start and end (default %(default)s)')
+    parser.add_argument('--max-queries', type=int, default=Limits.max_queries, metavar='N',
+                        help='most text queries per request (default %(default)s)')
+    parser.add_argument('--query-batch', type=int, default=4, metavar='N',
+                        help='queries decoded at once against a window\'s encoding, as in inference.py (default '
+                             '%(default)s)')
+    parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                        help='override any config key, e.g. --set text_encoder_type=roberta-base-local')
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    if not 1 <= args.window_size <= MAX_WINDOW_SIZE:
+        raise UsageError(f'-ws must be 1 to {MAX_WINDOW_SIZE}, got {args.window_size}')
+    for name, value in (('--max-upload-mb', args.max_upload_mb), ('--max-video-seconds', args.max_video_seconds),
+                        ('--max-frames', args.max_frames), ('--max-queries', args.max_queries),
+                        ('--query-batch', args.query_batch)):
+        if not value > 0:
+            raise UsageError(f'{name} must be positive, got {value:g}')
+    if not 0 < args.port < 65536:
+        raise UsageError(f'--port must be 1 to 65535, got {args.port}')
+
+
+def stop_like_ctrl_c(signum, frame):
+    """`kill` stops the server as Ctrl-C does: main() closes it and deletes the temporary folder."""
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if MISSING_DEPENDENCY is not None:
+            raise UsageError(f'the demo needs Gradio and matplotlib ({MISSING_DEPENDENCY}): '
+                             'pip install -r requirements-demo.txt')
+        check_args(args)
+        config = load_inference_config(args.config_path, args.checkpoint_path, args.overrides, args.cpu,
+                                       window_size=args.window_size)
+        if config.device == 'cpu' and config.cpu_keep_freed_memory:  # process-wide: this is the entry point
+            keep_freed_memory_in_process()
+        segmenter = VideoSegmenter.from_checkpoint(config, args.checkpoint_path, args.query_batch)
+    except UsageError as error:
+        print(f'demo.py: error: {error_message(error)}', file=sys.stderr)
+        sys.exit(2)
+    limits = Limits(args.max_upload_mb, args.max_video_seconds, args.max_frames, args.max_queries)
+    work_dir, app = Path(tempfile.mkdtemp(prefix='mttr-demo-')), None
+    previous_handler = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    try:
+        examples = write_example_clips(work_dir / 'examples') if config.synthetic_dataset else None
+        description = (f'Model: `{args.config_path}` with `{Path(args.checkpoint_path).name}` on the '
+                       f'{"CPU" if config.device == "cpu" else "GPU"}. At most {limits.max_frames} frames and '
+                       f'{limits.max_queries} queries per request, videos of up to {limits.max_video_seconds:g} s '
+                       f'and {limits.max_upload_mb:g} MB. One request runs at a time; others wait in line.')
+        app = build_app(segmenter, limits, work_dir, args.window_size, examples, description)
+        try:
+            launch_app(app, limits, args.host, args.port)
+        except OSError as error:
+            raise UsageError(f'cannot listen on {args.host}:{args.port} ({error_message(error)}); choose another '
+                             '--port, or a --host address of this machine') from error
+        while True:  # until Ctrl-C or kill
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except UsageError as error:
+        print(f'demo.py: error: {error_message(error)}', file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if app is not None:
+            app.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+if __name__ == '__main__':
+    main()
