@@ -9,10 +9,11 @@ To add a dataset: write its module in this folder with a `build(image_set, confi
 Dataset and a `build_evaluator(config, dataset, run_dir, epoch)`, add one `register_dataset` line at the end of
 this file, and a YAML file in configs/.
 """
+import importlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Tuple, Union
 
 from torch.utils.data import Dataset
 
@@ -27,21 +28,32 @@ BuildEvaluator = Callable[[Config, Dataset, Path, int], Evaluator]  # (config, t
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    build: BuildDataset
-    build_evaluator: BuildEvaluator
+    # the functions, or where they are ('datasets.mevis:build'): imported when first used, so that checking a
+    # config's dataset_name loads no dataset's libraries
+    build: Union[BuildDataset, str]
+    build_evaluator: Union[BuildEvaluator, str]
     image_sets: Tuple[str, ...] = ('train', 'test')  # the splits it has ('test' only: evaluation only)
 
 
 _DATASETS: Dict[str, DatasetEntry] = {}
 
 
-def register_dataset(name: str, build: BuildDataset, build_evaluator: BuildEvaluator, image_sets: Tuple[str, ...] = ('train', 'test')):
-    """Make `name` a valid `dataset_name`. Registering a name again replaces its entry."""
+def register_dataset(name: str, build: Union[BuildDataset, str], build_evaluator: Union[BuildEvaluator, str],
+                     image_sets: Tuple[str, ...] = ('train', 'test')):
+    """Make `name` a valid `dataset_name`. `build` and `build_evaluator` are functions or 'module:function' names.
+    Registering a name again replaces its entry."""
     _DATASETS[name] = DatasetEntry(build, build_evaluator, tuple(image_sets))
 
 
 def dataset_names() -> Tuple[str, ...]:
     return tuple(_DATASETS)
+
+
+def _function(target: Union[Callable, str]) -> Callable:
+    if callable(target):
+        return target
+    module, name = target.split(':')
+    return getattr(importlib.import_module(module), name)
 
 
 def build_dataset(image_set: str, config=None, **config_values) -> Dataset:
@@ -59,20 +71,17 @@ def build_dataset(image_set: str, config=None, **config_values) -> Dataset:
     with warnings.catch_warnings():
         if config.synthetic_dataset:  # generated data is not a subset of the real dataset: no row-count warnings
             warnings.simplefilter('ignore', SubsetWarning)
-        return entry.build(image_set, config, transforms)
+        return _function(entry.build)(image_set, config, transforms)
 
 
 def build_evaluator(config: Config, dataset: Dataset, run_dir: Path, epoch: int) -> Evaluator:
-    return _DATASETS[config.dataset_name].build_evaluator(config, dataset, Path(run_dir), epoch)
+    return _function(_DATASETS[config.dataset_name].build_evaluator)(config, dataset, Path(run_dir), epoch)
 
 
-from . import a2d_sentences, jhmdb_sentences, refer_youtube_vos  # noqa: E402  (they import the names above)
-from .coco_evaluator import build_coco_evaluator  # noqa: E402
-
-register_dataset('a2d_sentences', a2d_sentences.build, build_coco_evaluator)
-register_dataset('jhmdb_sentences', jhmdb_sentences.build, build_coco_evaluator, image_sets=('test',))
-register_dataset('ref_youtube_vos', refer_youtube_vos.build, refer_youtube_vos.build_evaluator)
-
-from . import mevis, ref_davis17  # noqa: E402
-register_dataset('ref_davis17', ref_davis17.build, ref_davis17.build_evaluator, image_sets=('test',))
-register_dataset('mevis', mevis.build, mevis.build_evaluator)
+register_dataset('a2d_sentences', 'datasets.a2d_sentences:build', 'datasets.coco_evaluator:build_coco_evaluator')
+register_dataset('jhmdb_sentences', 'datasets.jhmdb_sentences:build', 'datasets.coco_evaluator:build_coco_evaluator',
+                 image_sets=('test',))
+register_dataset('ref_youtube_vos', 'datasets.refer_youtube_vos:build', 'datasets.refer_youtube_vos:build_evaluator')
+register_dataset('ref_davis17', 'datasets.ref_davis17:build', 'datasets.ref_davis17:build_evaluator',
+                 image_sets=('test',))
+register_dataset('mevis', 'datasets.mevis:build', 'datasets.mevis:build_evaluator')
