@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from metrics import mevis_expression_scores, mevis_summary
@@ -32,7 +31,7 @@ from .a2d_sentences import normalize_query
 from .evaluator import Evaluator
 from .files import (SubsetWarning, cache_path, check_row_count, file_digest, load_or_build_json,
                     require_dataset_root, require_path, stat_fingerprint)
-from .refer_youtube_vos import read_frame
+from .refer_youtube_vos import VideoExpressionsDataset, read_frame
 from .refer_youtube_vos import read_meta_expressions as read_expressions_json
 from .refer_youtube_vos import windows_of
 from .submission import SubmissionCheck, _mask_problem, expected_mask_names, write_submission_zip
@@ -201,7 +200,7 @@ def split_mask_dict(mask_dict_path: Path, videos: Mapping[str, dict], out_dir: P
 # --------------------------------------------------------------------------------------------------------------
 # loader
 
-class MeViSDataset(Dataset):
+class MeViSDataset(VideoExpressionsDataset):
     """Training items: `(frames [T, 3, H, W], targets, text_query)`, a target dict per frame whose instances are
     the expression's target (the union of its objects, `referred_instance_idx` 0) and each other annotated object
     of the video that is visible in the window. Evaluation items: a whole video with all its expressions,
@@ -269,21 +268,6 @@ class MeViSDataset(Dataset):
         return expression_target(self.video_masks(video_id), self.videos[video_id]['frames'],
                                  self.videos[video_id]['expressions'][exp_id]['anno_id'], frame_names, frame_size)
 
-    def __len__(self):
-        return len(self.samples)
-
-    def describe(self, idx) -> str:
-        """Which sample item `idx` is, for error messages."""
-        if self.image_set == 'train':
-            video_id, window, exp_id = self.samples[idx][:3]
-            return f'video {video_id}, expression {exp_id}, frames {window[0]}-{window[-1]}'
-        return f'video {self.samples[idx][0]}'
-
-    def __getitem__(self, idx):
-        if self.image_set == 'train':
-            return self._train_item(*self.samples[idx])
-        return self._eval_item(*self.samples[idx])
-
     def _train_item(self, video_id, window, exp_id, anno_ids, text_query):
         frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in window]
         frame_size = (frames[0].height, frames[0].width)
@@ -303,18 +287,6 @@ class MeViSDataset(Dataset):
                             'iscrowd': torch.zeros(len(frame_masks)),
                             'image_id': f'v_{video_id}_f_{frame}'})
         return self.transforms(frames, targets, text_query)
-
-    def _eval_item(self, video_id, frame_names, expressions):
-        frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in frame_names]
-        original_size = (frames[0].height, frames[0].width)
-        video, _, _ = self.transforms(frames, [None] * len(frames), '')
-        metadata = [{'video_id': video_id,
-                     'exp_id': exp_id,
-                     'frame_indices': frame_names,
-                     'original_frame_size': original_size,
-                     'resized_frame_size': tuple(video.shape[-2:])} for exp_id, _ in expressions]
-        return video, [[None] * len(frames) for _ in expressions], [text for _, text in expressions], metadata
-
 
 # --------------------------------------------------------------------------------------------------------------
 # evaluators

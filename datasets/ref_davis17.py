@@ -30,7 +30,7 @@ from .a2d_sentences import normalize_query
 from .evaluator import Evaluator
 from .files import (cache_path, check_row_count, file_digest, load_or_build_json, require_dataset_root,
                     require_path, stat_fingerprint)
-from .refer_youtube_vos import read_frame, read_mask
+from .refer_youtube_vos import read_mask, whole_video_item
 from .transforms import VideoTransforms, collate_whole_videos
 
 LAYOUT = """<dataset_path>/
@@ -340,18 +340,11 @@ class RefDavis17Dataset(Dataset):
 
     def __getitem__(self, index):
         video_id, frame_names, expressions = self.samples[index]
-        frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in frame_names]
-        original_size = (frames[0].height, frames[0].width)
-        video, _, _ = self.transforms(frames, [None] * len(frames), '')
-        metadata = [{'video_id': video_id,
-                     'exp_id': exp_id,
-                     'obj_id': obj_id,
-                     'expression_set': int(exp_id) % REF_DAVIS17_EXPRESSION_SETS,
-                     'label': int(exp_id) // REF_DAVIS17_EXPRESSION_SETS + 1,
-                     'frame_indices': frame_names,
-                     'original_frame_size': original_size,
-                     'resized_frame_size': tuple(video.shape[-2:])} for exp_id, obj_id, _ in expressions]
-        return video, [[None] * len(frames) for _ in expressions], [text for _, _, text in expressions], metadata
+        expressions = [(exp_id, text, {'obj_id': obj_id,
+                                       'expression_set': int(exp_id) % REF_DAVIS17_EXPRESSION_SETS,
+                                       'label': int(exp_id) // REF_DAVIS17_EXPRESSION_SETS + 1})
+                       for exp_id, obj_id, text in expressions]
+        return whole_video_item(self.frames_dir, video_id, frame_names, expressions, self.transforms)
 
 
 def referred_mask_logits(outputs: Dict[str, torch.Tensor], query: int, num_frames: int) -> torch.Tensor:

@@ -106,7 +106,50 @@ def read_frame(path: Path) -> Image.Image:
         raise RuntimeError(f'cannot read the frame {path}: {e}') from e
 
 
-class ReferYouTubeVOSDataset(Dataset):
+def whole_video_item(frames_dir: Path, video_id: str, frame_names: List[str], expressions, transforms):
+    """An evaluation item: a whole video with all its expressions `[(exp_id, text query, {more metadata}), ...]`,
+    as `(frames [T, 3, H, W], [[None] * T per expression], [text queries], [metadata per expression])`; the
+    metadata holds what the post-processing and the prediction files need."""
+    frames = [read_frame(frames_dir / video_id / f'{frame}.jpg') for frame in frame_names]
+    original_size = (frames[0].height, frames[0].width)
+    video, _, _ = transforms(frames, [None] * len(frames), '')
+    metadata = [{'video_id': video_id, 'exp_id': exp_id, **more, 'frame_indices': frame_names,
+                 'original_frame_size': original_size, 'resized_frame_size': tuple(video.shape[-2:])}
+                for exp_id, _, more in expressions]
+    return video, [[None] * len(frames) for _ in expressions], [text for _, text, _ in expressions], metadata
+
+
+class VideoExpressionsDataset(Dataset):
+    """Videos with referring expressions (Refer-YouTube-VOS, MeViS): training samples are windows of one
+    expression, `(video, [frames], exp_id, ...)`, made into items by `_train_item`; evaluation samples are whole
+    videos with all their expressions, `(video, [frames], [(exp_id, text query)])`."""
+    image_set: str
+    samples: list
+    frames_dir: Path
+    transforms: VideoTransforms
+
+    def __len__(self):
+        return len(self.samples)
+
+    def describe(self, idx) -> str:
+        """Which sample item `idx` is, for error messages."""
+        if self.image_set == 'train':
+            video_id, window, exp_id = self.samples[idx][:3]
+            return f'video {video_id}, expression {exp_id}, frames {window[0]}-{window[-1]}'
+        return f'video {self.samples[idx][0]}'
+
+    def __getitem__(self, idx):
+        if self.image_set == 'train':
+            return self._train_item(*self.samples[idx])
+        video_id, frame_names, expressions = self.samples[idx]
+        return whole_video_item(self.frames_dir, video_id, frame_names,
+                                [(exp_id, text, {}) for exp_id, text in expressions], self.transforms)
+
+    def _train_item(self, *sample):
+        raise NotImplementedError
+
+
+class ReferYouTubeVOSDataset(VideoExpressionsDataset):
     """Training items: `(frames [T, 3, H, W], targets, text_query)` with a target dict for every frame.
     Evaluation items: a whole video with all its expressions, `(frames [T, 3, H, W], [[None] * T per expression],
     [text queries], [metadata per expression])` (see `transforms.collate_videos`)."""
@@ -194,21 +237,6 @@ class ReferYouTubeVOSDataset(Dataset):
               f'are left out')
         return samples
 
-    def __len__(self):
-        return len(self.samples)
-
-    def describe(self, idx) -> str:
-        """Which sample item `idx` is, for error messages."""
-        if self.image_set == 'train':
-            video_id, window, exp_id = self.samples[idx][:3]
-            return f'video {video_id}, expression {exp_id}, frames {window[0]}-{window[-1]}'
-        return f'video {self.samples[idx][0]}'
-
-    def __getitem__(self, idx):
-        if self.image_set == 'train':
-            return self._train_item(*self.samples[idx])
-        return self._eval_item(*self.samples[idx])
-
     def _train_item(self, video_id, window, exp_id, obj_id, text_query):
         frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in window]
         masks = torch.from_numpy(np.stack([read_mask(self.masks_dir / video_id / f'{frame}.png')
@@ -230,18 +258,6 @@ class ReferYouTubeVOSDataset(Dataset):
                             'iscrowd': torch.zeros(len(frame_masks)),
                             'image_id': f'v_{video_id}_f_{frame}'})
         return self.transforms(frames, targets, text_query)
-
-    def _eval_item(self, video_id, frame_names, expressions):
-        frames = [read_frame(self.frames_dir / video_id / f'{frame}.jpg') for frame in frame_names]
-        original_size = (frames[0].height, frames[0].width)
-        video, _, _ = self.transforms(frames, [None] * len(frames), '')
-        metadata = [{'video_id': video_id,
-                     'exp_id': exp_id,
-                     'frame_indices': frame_names,
-                     'original_frame_size': original_size,
-                     'resized_frame_size': tuple(video.shape[-2:])} for exp_id, _ in expressions]
-        return video, [[None] * len(frames) for _ in expressions], [query for _, query in expressions], metadata
-
 
 class ReferYouTubeVOSEvaluator(Evaluator):
     """Writes each expression's masks as `<out_dir>/Annotations/<video>/<exp_id>/<frame>.png` (0/255) as its
