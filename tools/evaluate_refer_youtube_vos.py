@@ -44,8 +44,8 @@ from tqdm import tqdm
 if __package__ in (None, ''):
     # Run as a script (`python tools/evaluate_refer_youtube_vos.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from metrics import (REF_DAVIS17_EXPRESSION_SETS, davis_global_scores, db_eval_boundary, db_eval_iou,  # noqa: E402
-                     mevis_expression_scores, mevis_summary, ref_davis17_scores)
+from metrics import (REF_DAVIS17_EXPRESSION_SETS, davis_global_scores, mevis_expression_scores,  # noqa: E402
+                     mevis_summary, ref_davis17_scores)
 from datasets import mevis, ref_davis17  # noqa: E402
 from datasets.refer_youtube_vos import read_meta_expressions  # noqa: E402
 from datasets.submission import PredictionMasks  # noqa: E402
@@ -71,28 +71,38 @@ def evaluate_refer_youtube_vos(predictions, annotations_dir, meta_path, videos: 
     meta = _select_videos(read_meta_expressions(meta_path), videos, meta_path)
     num_expressions = sum(len(entry['expressions']) for entry in meta.values())
 
+    def expressions():
+        for video, entry in meta.items():
+            object_ids = _load_gt_video(annotations_dir, video, entry['frames'])  # [T, H, W] object ids
+            for exp_id, expression in entry['expressions'].items():
+                gt_masks = object_ids == _object_id(expression, video, exp_id, meta_path)  # [T, H, W]
+                yield f'{video}/{exp_id}', video, exp_id, gt_masks, entry['frames']
+
+    scores = _score_expressions(predictions, expressions(), num_expressions, show_progress)
+    return {**scores, 'num_videos': len(meta), 'num_expressions': num_expressions,
+            'predictions': str(predictions), 'annotations_dir': str(annotations_dir), 'meta': str(meta_path)}
+
+
+def _score_expressions(predictions, expressions, num_expressions: int, show_progress: bool) -> dict:
+    """J, F and J&F over `(key, video, exp_id, gt_masks [T, H, W], frames)` items: per expression, the predictions
+    `<video>/<exp_id>/<frame>.png` (a missing one counts as an empty mask) scored frame by frame with DAVIS's J and F
+    (`metrics.mevis_expression_scores`: both 1 when both masks are empty) and averaged over the frames; then the
+    means over the expressions. Also returns 'per_expression' ({key: {'J', 'F'}}), 'missing_predictions' and
+    'num_frames'."""
     per_expression: Dict[str, Dict[str, float]] = {}
     missing: List[str] = []
     num_frames = 0
     with PredictionMasks(predictions) as masks, \
             tqdm(total=num_expressions, desc='J&F', unit='expr', disable=not show_progress) as progress:
-        for video, entry in meta.items():
-            object_ids = _load_gt_video(annotations_dir, video, entry['frames'])  # [T, H, W] object ids
-            for exp_id, expression in entry['expressions'].items():
-                gt_masks = object_ids == _object_id(expression, video, exp_id, meta_path)  # [T, H, W]
-                names = [f'{video}/{exp_id}/{frame}.png' for frame in entry['frames']]
-                pred_masks = np.stack([_read_prediction(masks, name, gt_masks.shape[1:], missing) for name in names])
-                per_expression[f'{video}/{exp_id}'] = {'J': float(np.mean(db_eval_iou(gt_masks, pred_masks))),
-                                                       'F': float(np.mean(db_eval_boundary(gt_masks, pred_masks)))}
-                num_frames += len(names)
-                progress.update()
-
-    j = float(np.mean([scores['J'] for scores in per_expression.values()]))
-    f = float(np.mean([scores['F'] for scores in per_expression.values()]))
-    return {'J&F': (j + f) / 2, 'J': j, 'F': f,
-            'num_videos': len(meta), 'num_expressions': num_expressions, 'num_frames': num_frames,
-            'missing_predictions': missing, 'per_expression': per_expression,
-            'predictions': str(predictions), 'annotations_dir': str(annotations_dir), 'meta': str(meta_path)}
+        for key, video, exp_id, gt_masks, frames in expressions:
+            names = [f'{video}/{exp_id}/{frame}.png' for frame in frames]
+            pred_masks = np.stack([_read_prediction(masks, name, gt_masks.shape[1:], missing) for name in names])
+            ((_, (j, f)),) = mevis_expression_scores([(video, exp_id, gt_masks, pred_masks)]).items()
+            per_expression[key] = {'J': j, 'F': f}
+            num_frames += len(names)
+            progress.update()
+    summary = mevis_summary({key: (scores['J'], scores['F']) for key, scores in per_expression.items()})
+    return {**summary, 'num_frames': num_frames, 'missing_predictions': missing, 'per_expression': per_expression}
 
 
 def evaluate_mevis(predictions, meta_path, mask_dict_path, split: str = 'valid_u',
@@ -109,11 +119,8 @@ def evaluate_mevis(predictions, meta_path, mask_dict_path, split: str = 'valid_u
                                 f'(expected <root>/{split}/mask_dict.json)')
     mask_dict = mevis.read_mask_dict(mask_dict_path)
     num_expressions = sum(len(entry['expressions']) for entry in meta.values())
-    per_expression: Dict[str, Dict[str, float]] = {}
-    missing: List[str] = []
-    num_frames = 0
-    with PredictionMasks(predictions) as masks, \
-            tqdm(total=num_expressions, desc='J&F', unit='expr', disable=not show_progress) as progress:
+
+    def expressions(masks):
         for video, entry in meta.items():
             frame_size = _mevis_frame_size(mask_dict, masks, video, entry, mask_dict_path)
             for exp_id, expression in entry['expressions'].items():
@@ -121,15 +128,11 @@ def evaluate_mevis(predictions, meta_path, mask_dict_path, split: str = 'valid_u
                     gt_masks = mevis.target_masks(mask_dict, expression['anno_id'], len(entry['frames']), frame_size)
                 except ValueError as error:
                     raise ValueError(f'{mask_dict_path}: expression {video}/{exp_id}: {error}') from error
-                names = [f'{video}/{exp_id}/{frame}.png' for frame in entry['frames']]
-                pred_masks = np.stack([_read_prediction(masks, name, frame_size, missing) for name in names])
-                ((key, (j, f)),) = mevis_expression_scores([(video, exp_id, gt_masks, pred_masks)]).items()
-                per_expression[key] = {'J': j, 'F': f}
-                num_frames += len(names)
-                progress.update()
-    summary = mevis_summary({key: (scores['J'], scores['F']) for key, scores in per_expression.items()})
-    return {**summary, 'num_videos': len(meta), 'num_expressions': num_expressions, 'num_frames': num_frames,
-            'missing_predictions': missing, 'per_expression': per_expression,
+                yield f'{video}_{exp_id}', video, exp_id, gt_masks, entry['frames']
+
+    with PredictionMasks(predictions) as masks:  # (the frame size of a video without masks comes from them)
+        scores = _score_expressions(predictions, expressions(masks), num_expressions, show_progress)
+    return {**scores, 'num_videos': len(meta), 'num_expressions': num_expressions,
             'predictions': str(predictions), 'meta': str(meta_path), 'mask_dict': str(mask_dict_path)}
 
 
