@@ -663,10 +663,12 @@ def _run(config: Config, rank: int, world_size: int, device: torch.device, run_d
     scheduler = build_scheduler(optimizer, config)
     # gradient scaling for float16 autocast only
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(config, device, training=True) == torch.float16)
+    # (evaluators write nothing until they are used: this one gives the best-checkpoint rule from the start)
+    evaluator = build_or_fail(datasets.build_evaluator, config, test_dataset, run_dir, 0)
     start_epoch, resumed_progress, best = 0, None, None
     if resume:
         start_epoch, resumed_progress, best = resume_from(resume, model, optimizer, scheduler, scaler, rank,
-                                                          world_size)
+                                                          world_size, evaluator.checkpoint_key)
     open_run_dir(config, run_dir, replace_run)
     logger.info(f'run directory: {run_dir} ({world_size} process(es), {device.type})')
     if resume:
@@ -679,8 +681,6 @@ def _run(config: Config, rank: int, world_size: int, device: torch.device, run_d
     if is_main_process():
         with writing(checkpoint_dir, 'checkpoint folder'):
             checkpoint_dir.mkdir(exist_ok=True)
-    # (evaluators write nothing until they are used: this one gives the best-checkpoint rule from the start)
-    evaluator = build_or_fail(datasets.build_evaluator, config, test_dataset, run_dir, start_epoch)
     run_started, best_epoch, best_metrics = time.time(), None, None
     for epoch in range(start_epoch, config.epochs):
         train_sampler.set_epoch(epoch)
@@ -764,9 +764,10 @@ RESUME_KEYS = ('epoch', 'model_state_dict', 'optimizer_state_dict', 'scheduler_s
                'grad_scaler_state_dict', 'rng_states')
 
 
-def resume_from(path: str, model: nn.Module, optimizer, scheduler, scaler, rank: int,
-                world_size: int) -> Tuple[int, Optional[dict], Optional[float]]:
-    """Restore a training run; returns (epoch to start, the progress made in it or None, best score)."""
+def resume_from(path: str, model: nn.Module, optimizer, scheduler, scaler, rank: int, world_size: int,
+                best_key: str) -> Tuple[int, Optional[dict], Optional[float]]:
+    """Restore a training run; returns (epoch to start, the progress made in it or None, the best score, stored
+    under `best_key`, the evaluator's name for it)."""
     checkpoint = load_weights_or_fail(model, path)
     missing = [k for k in RESUME_KEYS if k not in checkpoint]
     if missing:
@@ -785,7 +786,7 @@ def resume_from(path: str, model: nn.Module, optimizer, scheduler, scaler, rank:
         else:
             logger.info(f'{path} was written by {len(states)} process(es), this run has {world_size}: '
                         'random states are re-seeded')
-        best = checkpoint.get('best_mAP', checkpoint.get('best_loss', checkpoint.get('best_score')))
+        best = checkpoint.get(best_key)
         if 'epoch_in_progress' in checkpoint:
             return int(checkpoint['epoch_in_progress']), dict(checkpoint['progress']), best
         return int(checkpoint['epoch']) + 1, None, best

@@ -95,7 +95,15 @@ def test_a_dataset_registered_from_outside_trains_and_evaluates_through_the_trai
     assert best['best_mean_iou'] == pytest.approx(metrics['mean_iou'])
     assert 'best mean_iou' in (run_dir / 'log.txt').read_text()
 
-    config.running_mode, config.checkpoint_path = 'eval', str(run_dir / 'checkpoints' / 'best.pth.tar')
+    # resuming keeps the best score under the evaluator's own key
+    config.epochs = 2
+    assert trainer.run(config, rank=0, world_size=1, device='cpu',
+                       resume=str(run_dir / 'checkpoints' / 'last.pth.tar')) == 'done'
+    second = json.loads((run_dir / 'metrics_epoch_1.json').read_text())['mean_iou']
+    last = torch.load(run_dir / 'checkpoints' / 'last.pth.tar', weights_only=True)
+    assert last['best_mean_iou'] == pytest.approx(max(metrics['mean_iou'], second))
+
+    config.running_mode, config.checkpoint_path = 'eval', str(run_dir / 'checkpoints' / '0.pth.tar')
     config.output_dir = str(tmp_path / 'eval')
     assert trainer.run(config, rank=0, world_size=1, device='cpu') == 'done'
     assert json.loads((tmp_path / 'eval' / 'metrics_epoch_0.json').read_text())['mean_iou'] == \
