@@ -200,7 +200,10 @@ def claim(config: Config, args: argparse.Namespace, new_name: bool) -> trainer.R
     return run_dir
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, exiting: bool = False) -> int:
+    """Returns the exit code. `exiting`: the process ends after this, so stop signals stay ignored once the run is
+    over (a signal while the process exits must not turn its exit code into a kill); otherwise the signal handlers
+    found are restored."""
     args = parse_args(argv)
     claimed, previous_handlers = None, {}
     try:
@@ -244,15 +247,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'error: a worker {error_message(error)}', file=sys.stderr)
         return error.exit_code if error.exit_code and error.exit_code > 0 else 1
     finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
+        if not exiting:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
         if claimed is not None:
             claimed.release()
     return INTERRUPTED_EXIT_CODE if status in ('interrupted', 'stopped') else 0
 
 
 if __name__ == '__main__':
-    exit_code = main()
-    for stop_signal in STOP_SIGNALS:  # (a signal while the process exits must not turn its exit code into a kill)
-        signal.signal(stop_signal, signal.SIG_IGN)
-    sys.exit(exit_code)
+    sys.exit(main(exiting=True))

@@ -208,17 +208,25 @@ def test_refer_youtube_vos_training_and_two_process_evaluation_write_a_valid_sub
     assert read_json(tmp_path / 'eval' / 'metrics_epoch_0.json')['expressions'] == 4
 
 
+def start_long_training(args):
+    """`main.py args` (a run of many epochs) in a child process, once it has written its first checkpoint."""
+    checkpoint = Path(args[args.index('--output_dir') + 1]) / 'checkpoints' / '0.pth.tar'
+    process = subprocess.Popen([sys.executable, str(REPO / 'main.py'), *map(str, args)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not checkpoint.exists():
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            raise AssertionError(f'no checkpoint from {args}: {process.communicate()}')
+        time.sleep(0.2)
+    return process
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_resumes(setup, tmp_path):
     run_dir = tmp_path / 'run'
-    process = subprocess.Popen([sys.executable, str(REPO / 'main.py'), *map(str, train_args(setup, run_dir,
-                                                                                           epochs=1000))],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_long_training(train_args(setup, run_dir, epochs=1000))
     try:
-        deadline = time.time() + 300
-        while not (run_dir / 'checkpoints' / '0.pth.tar').exists():
-            assert process.poll() is None and time.time() < deadline, process.communicate()
-            time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=300)
     finally:

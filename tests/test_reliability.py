@@ -31,8 +31,8 @@ from datasets.a2d_sentences import ClipReader
 from datasets.coco_evaluator import ReferringCOCOEvaluator
 from tests.fake_datasets import (A2D_VIDEOS, dataset_config, jhmdb_metadata_entry, make_a2d_dataset,
                                  make_jhmdb_dataset, make_ref_youtube_vos_dataset, write_index_clip)
-from tests.test_main import (REPO, SMALL_DATA, TINY_MODEL, eval_args, load, run_main, set_flags, train_args,
-                             write_tiny_text_encoder)
+from tests.test_main import (REPO, SMALL_DATA, TINY_MODEL, eval_args, load, run_main, set_flags, start_long_training,
+                             train_args, write_tiny_text_encoder)
 from tools.make_submission_zip import main as submission_main
 from utils import safe_name
 
@@ -215,14 +215,8 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path)
 def test_a_live_run_holds_its_directory_and_a_second_sigterm_stops_it_at_once(setup, tmp_path, capsys):
     run_dir = tmp_path / 'run'
     checkpoints = run_dir / 'checkpoints'
-    process = subprocess.Popen([sys.executable, str(REPO / 'main.py'),
-                                *map(str, train_args(setup, run_dir, epochs=1000, **SLOWER_STEPS))],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_long_training(train_args(setup, run_dir, epochs=1000, **SLOWER_STEPS))
     try:
-        deadline = time.time() + 300
-        while not (checkpoints / '0.pth.tar').exists():
-            assert process.poll() is None and time.time() < deadline, process.communicate()
-            time.sleep(0.2)
         # what an interrupted write of another run would have left: while this run lives, nobody removes it
         left_over = checkpoints / '.last.pth.tar.k3j4h5.tmp'
         left_over.write_bytes(b'\0' * 4096)
@@ -265,14 +259,8 @@ def test_a_live_run_holds_its_directory_and_a_second_sigterm_stops_it_at_once(se
 def test_a_second_sigterm_stops_two_process_training_at_once(setup, tmp_path):
     run_dir = tmp_path / 'run'
     checkpoints = run_dir / 'checkpoints'
-    process = subprocess.Popen([sys.executable, str(REPO / 'main.py'),
-                                *map(str, train_args(setup, run_dir, '-ng', 2, epochs=1000, **SLOWER_STEPS))],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_long_training(train_args(setup, run_dir, '-ng', 2, epochs=1000, **SLOWER_STEPS))
     try:
-        deadline = time.time() + 300
-        while not (checkpoints / '0.pth.tar').exists():
-            assert process.poll() is None and time.time() < deadline, process.communicate()
-            time.sleep(0.2)
         epoch_checkpoints = {name: digest for name, digest in files(checkpoints).items() if name[0].isdigit()}
         process.send_signal(signal.SIGTERM)
         time.sleep(0.1)  # (two signals at once would be handled as one)
