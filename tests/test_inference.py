@@ -395,3 +395,14 @@ def test_config_and_device_errors(setup, capsys):
     if not torch.cuda.is_available():
         message = fails_with(setup, capsys, video, 'a query', extra=['--set', 'device=cuda'])
         assert 'CUDA is not available on this machine; run on the CPU with --cpu' in message
+
+
+@pytest.mark.parametrize('value, kind', [('-5', 'a list'), ('0', 'a Tensor')])
+def test_bad_values_and_checkpoints_that_hold_no_weights_are_one_line_errors(setup, capsys, tmp_path, value, kind):
+    video = setup[3]
+    assert fails_with(setup, capsys, video, 'a query', extra=['--fps', value]) == (
+        f'inference.py: error: --fps must be a positive number of frames a second, got {value}')
+    checkpoint = tmp_path / 'not_a_dict.pth'
+    torch.save([1, 2] if kind == 'a list' else torch.zeros(3), checkpoint)
+    message = fails_with(setup, capsys, video, 'a query', extra=['-ckpt', checkpoint])
+    assert f'{checkpoint} holds no model weights (it holds {kind})' in message
