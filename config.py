@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Union
 
-from ruamel.yaml import YAML
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.constructor import DuplicateKeyError
 
 BACKBONE_NAMES = ('swin-t',)
 # Keys renamed since the original; files and code using the old name keep working.
@@ -120,7 +121,7 @@ class Config:
     # speed and memory; none of these changes the results beyond float rounding
     backbone_activation_checkpointing: bool = False  # recompute each Swin block in backward: less training memory
     compile_model: bool = False  # torch.compile the network (first iterations are slow while it compiles)
-    cpu_keep_freed_memory: bool = True  # CPU runs: utils.keep_freed_memory_in_process (set by main.py)
+    cpu_keep_freed_memory: bool = True  # CPU runs: engine/cpu_heap.py (set by the entry points)
     # set from the command line
     running_mode: str = 'train'
     window_size: int = 8
@@ -130,9 +131,8 @@ class Config:
     device: str = 'cuda'
 
     def __post_init__(self):
-        from datasets import dataset_names  # the registry: datasets registered by the code, not a fixed list
-        choices = {'dataset_name': (self.dataset_name, dataset_names()),
-                   'running_mode': (self.running_mode, ('train', 'eval')),
+        # (dataset_name is checked by the dataset registry, datasets/__init__.py: datasets registered by the code)
+        choices = {'running_mode': (self.running_mode, ('train', 'eval')),
                    'amp_dtype': (self.amp_dtype, ('float16', 'bfloat16')),
                    'wandb_mode': (self.wandb_mode, ('disabled', 'online', 'offline')),
                    'backbone_name': (self.backbone_name, BACKBONE_NAMES),
@@ -219,7 +219,18 @@ def read_config_file(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'config file not found: {path}')
-    raw = YAML(typ='safe').load(path.read_text()) or {}
+    try:
+        raw = YAML(typ='safe').load(path.read_text(encoding='utf-8')) or {}
+    except UnicodeDecodeError as error:
+        raise ValueError(f'{path}: not UTF-8 text (byte {error.start}: {error.reason}); expected a YAML config '
+                         'file') from error
+    except YAMLError as error:
+        mark = getattr(error, 'problem_mark', None)
+        where = f', line {mark.line + 1}' if mark is not None else ''
+        problem = getattr(error, 'problem', None) or ' '.join(str(error).split())
+        if isinstance(error, DuplicateKeyError):
+            problem = problem.split(' with value')[0]  # (the values of config keys are mappings: long and alike)
+        raise ValueError(f'{path}{where}: {problem}; expected a YAML mapping of config keys, each once') from error
     if not isinstance(raw, dict):
         raise ValueError(f'{path}: expected a mapping of config keys, got {type(raw).__name__}')
     _check_known(raw, str(path))

@@ -4,11 +4,12 @@
     python demo.py -c configs/synthetic.yaml -ckpt runs/<run>/checkpoints/best.pth.tar --cpu
     python demo.py -c configs/refer_youtube_vos.yaml -ckpt refer-youtube-vos_window-12.pth.tar [--host 0.0.0.0]
 
-The page runs the segmentation of inference.py (models/video_segmenter.py: each window encoded once for all the
-text queries, one object query chosen per text query for the whole video) and shows the overlay video with every
-query's mask in its own colour and a legend, a plot of each query's probability of "referred" per frame, and a zip
-of the masks, `<nn>_<query>/<frame>.png`: the files inference.py writes into `OUT_DIR/<nn>_<query>/masks/` for the
-same video, checkpoint, queries and window size.
+The page runs the segmentation of inference.py (video_inference/segmenter.py: each window encoded once for all the
+text queries, the object query chosen by inference.py's default rule for files) window by window, writing each
+window's masks and overlay frames as it comes, so a long upload within the limits keeps memory and disk flat. It
+shows the overlay video with every query's mask in its own colour, a legend and the input's sound, a plot of each
+query's probability of "referred" per frame, and a zip of the masks, `<nn>_<query>/<frame>.png`: the files
+inference.py writes into `OUT_DIR/<nn>_<query>/masks/` for the same video, checkpoint, queries and window size.
 
 For a server: the page listens on 127.0.0.1 unless --host says otherwise; the size of an upload, the length of a
 video, and the frames and queries of a request are limited (flags); the model serves one request at a time while
@@ -20,7 +21,6 @@ import argparse
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -35,10 +35,18 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from datasets.video import (OVERLAY_COLOURS, Mp4Writer, draw_overlays, open_input, query_folder_name, video_duration,
-                            write_mask_png, write_mp4)
-from models.video_segmenter import VideoSegmenter, load_inference_config
-from utils import UsageError, error_message, keep_freed_memory_in_process
+from datasets.video_files import Mp4Writer, write_mp4
+from engine.arguments import add_run_arguments
+from engine.launch import plan_processes, set_up_process
+from engine.run_config import load_run_config
+from engine.stopping import interrupting_stops, stopped_by
+from video_inference.overlays import OVERLAY_COLOURS, draw_overlays
+from video_inference.results import query_folder_name, write_mask_png
+from video_inference.audio import AudioTrack
+from video_inference.choice import FILE_RULE
+from video_inference.segmenter import VideoSegmenter
+from video_inference.sources import open_input, video_duration
+from utils import UsageError, error_message
 
 try:  # the optional requirements (requirements-demo.txt): main() says how to install them when they are missing
     import gradio as gr
@@ -125,70 +133,99 @@ def segment_video(segmenter: VideoSegmenter, video: Optional[str], queries_text:
                          'frames per request: choose a shorter part with start and end')
     began = time.perf_counter()
     run_dir.mkdir(parents=True)
-    with tempfile.TemporaryDirectory(dir=run_dir, prefix='.scratch-') as scratch_dir:
-        result = segmenter.segment(frames, queries, window_size, Path(scratch_dir),
-                                   progress=lambda done, total: report(0.9 * done / total,
-                                                                       f'window {done} of {total}'))
-        overlay_path, masks_zip = write_videos_and_masks(result, frames, run_dir, Path(video).stem, report)
+    windows = segmenter.segment(frames, queries, window_size, FILE_RULE, scratch_dir=run_dir,
+                                num_frames=len(frames.frames),
+                                progress=lambda done, total: report(done / total, f'window {done} of {total}'))
+    video_writer = OverlayVideo(run_dir, Path(video).stem, queries, frames, AudioTrack.of(video, start, end))
+    try:
+        for result in windows:
+            video_writer.add(result)
+    finally:
+        video_writer.close()
     segment_seconds = time.perf_counter() - began
-    probabilities = [result.referred_probabilities(q)[:, result.object_queries[q]] for q in range(len(queries))]
-    plot_path = plot_referred_probabilities(run_dir / 'referred.png', frames, result, probabilities)
+    masks_zip = zip_masks(run_dir / 'masks', run_dir / f'{Path(video).stem}_masks.zip')
+    plot_path = plot_referred_probabilities(run_dir / 'referred.png', frames, queries, video_writer)
     height, width = frames.size
-    rows = [f'| {query_folder_name(q, query)} | {result.object_queries[q]} | {probabilities[q].mean():.3f} |'
-            for q, query in enumerate(queries)]
+    rows = [f'| {query_folder_name(q, query)} | {", ".join(map(str, sorted(set(video_writer.object_queries[q]))))} | '
+            f'{np.mean(video_writer.probabilities[q]):.3f} |' for q, query in enumerate(queries)]
+    windows_count = len(video_writer.windows)
     summary = '\n'.join([
-        f'{len(frames.frames)} frames of {width}x{height} at {frames.frame_rate:g} fps, {len(result.windows)} '
-        f'window{"s" if len(result.windows) > 1 else ""} of up to {window_size} frames, segmented in '
+        f'{len(frames.frames)} frames of {width}x{height} at {frames.frame_rate:g} fps, {windows_count} '
+        f'window{"s" if windows_count > 1 else ""} of up to {window_size} frames, segmented in '
         f'{segment_seconds:.1f} s.', '',
         '| query (folder in the zip) | object query | mean probability of "referred" |', '| --- | --- | --- |', *rows])
-    return DemoResult(overlay_path, plot_path, masks_zip, summary)
+    return DemoResult(video_writer.path, plot_path, masks_zip, summary)
 
 
-def write_videos_and_masks(result, frames, run_dir: Path, name: str, report):
-    """The overlay video of all the queries, and the zip of their masks."""
-    queries = result.queries
-    colours = [OVERLAY_COLOURS[q % len(OVERLAY_COLOURS)] for q in range(len(queries))]
-    folders = [query_folder_name(q, query) for q, query in enumerate(queries)]
-    masks_dir = run_dir / 'masks'
-    for folder in folders:
-        (masks_dir / folder).mkdir(parents=True)
-    height, width = frames.size
-    scale = math.ceil(DISPLAY_MIN_HEIGHT / height) if height < DISPLAY_MIN_HEIGHT else 1
-    overlay_path, writer = run_dir / f'{name}_overlay.mp4', None
-    try:
-        for position, frame, image, _, masks in result.frame_masks(frames, frames.size):
-            for folder, mask in zip(folders, masks):
-                write_mask_png(masks_dir / folder / f'{frame.name}.png', mask)
-            if scale > 1:
-                image = image.resize((width * scale, height * scale), Image.BILINEAR)
-                masks = [cv2.resize(m, (width * scale, height * scale), interpolation=cv2.INTER_NEAREST) for m in masks]
-            overlay = draw_overlays(image, masks, queries, colours)
+class OverlayVideo:
+    """What a request writes as its windows come: the masks `masks/<nn>_<query>/<frame>.png`, one overlay video of
+    every query's mask in its colour above a legend (with the input's sound), and per query the chosen object
+    query's probability of "referred" per frame, for the plot (a request's frames are limited)."""
+
+    def __init__(self, run_dir: Path, name: str, queries, frames, audio: Optional[AudioTrack]):
+        self.queries, self.frames, self.audio = queries, frames, audio
+        self.colours = [OVERLAY_COLOURS[q % len(OVERLAY_COLOURS)] for q in range(len(queries))]
+        self.folders = [run_dir / 'masks' / query_folder_name(q, query) for q, query in enumerate(queries)]
+        for folder in self.folders:
+            folder.mkdir(parents=True)
+        height, width = frames.size
+        self.scale = math.ceil(DISPLAY_MIN_HEIGHT / height) if height < DISPLAY_MIN_HEIGHT else 1
+        self.path, self.writer = run_dir / f'{name}_overlay.mp4', None
+        self.probabilities = [[] for _ in queries]
+        self.object_queries = [[] for _ in queries]
+        self.windows = []
+
+    def add(self, result):
+        self.windows.append(result.window)
+        height, width = self.frames.size
+        for q, slot in enumerate(result.object_queries):
+            self.object_queries[q].append(slot)
+            self.probabilities[q] += result.probabilities[q][:, slot].tolist()
+        for position, (frame, image) in enumerate(result.frames):
+            masks = [query_masks[position] for query_masks in result.masks]
+            for folder, mask in zip(self.folders, masks):
+                write_mask_png(folder / f'{frame.name}.png', mask)
+            if self.scale > 1:
+                size = (width * self.scale, height * self.scale)
+                image = image.resize(size, Image.BILINEAR)
+                masks = [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in masks]
+            overlay = draw_overlays(image, masks, self.queries, self.colours)
             overlay = np.pad(overlay, ((0, 0), (0, overlay.shape[1] % 2), (0, 0)))  # browsers play 4:2:0 only
-            if writer is None:
-                writer = Mp4Writer(overlay_path, frames.frame_rate, overlay.shape[:2])
-            writer.write(overlay)
-            report(0.9 + 0.1 * (position + 1) / len(frames.frames), 'writing the overlay video and the masks')
-    finally:
-        if writer is not None:
-            writer.close()
-    masks_zip = run_dir / f'{name}_masks.zip'
-    with zipfile.ZipFile(masks_zip, 'w', zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+            if self.writer is None:
+                self.writer = Mp4Writer(self.path, self.frames.frame_rate, overlay.shape[:2])
+                if self.audio is not None:
+                    self.audio.add_stream(self.writer.container)
+            self.writer.write(overlay)
+
+    def close(self):
+        if self.writer is not None:
+            try:
+                if self.audio is not None:
+                    self.audio.write(self.writer.container, self.path)
+            finally:
+                self.writer.close()
+
+
+def zip_masks(masks_dir: Path, zip_path: Path) -> Path:
+    with zipfile.ZipFile(zip_path, 'w', zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
         for path in sorted(masks_dir.rglob('*.png')):
             archive.write(path, path.relative_to(masks_dir).as_posix())
-    return overlay_path, masks_zip
+    return zip_path
 
 
-def plot_referred_probabilities(path: Path, frames, result, probabilities) -> Path:
+def plot_referred_probabilities(path: Path, frames, queries, video: OverlayVideo) -> Path:
     """Each query's probability of "referred" (its chosen object query's) per frame, window borders dotted."""
     figure = Figure(figsize=(8, 2.8), dpi=100)
     axes = figure.add_subplot()
     frame_numbers = [frame.source_index for frame in frames.frames]
-    for window in result.windows[1:]:
+    for window in video.windows[1:]:
         axes.axvline(frame_numbers[window.first_output] - 0.5, color='0.8', linestyle=':', linewidth=1)
-    for q, query in enumerate(result.queries):
+    for q, query in enumerate(queries):
         colour = np.array(OVERLAY_COLOURS[q % len(OVERLAY_COLOURS)]) / 255
-        axes.plot(frame_numbers, probabilities[q], color=colour, marker='.', linewidth=1.5,
-                  label=f'{query} (object query {result.object_queries[q]})')
+        slots = sorted(set(video.object_queries[q]))
+        label = f'object quer{"y" if len(slots) == 1 else "ies"} {", ".join(map(str, slots))}'
+        axes.plot(frame_numbers, video.probabilities[q], color=colour, marker='.', linewidth=1.5,
+                  label=f'{query} ({label})')
     axes.set_ylim(0, 1)
     axes.set_xlabel('frame')
     axes.set_ylabel('probability of "referred"')
@@ -332,17 +369,13 @@ def parse_args(argv=None):
                     'checkpoint (the segmentation of inference.py).',
         epilog='Needs the optional requirements: pip install -r requirements-demo.txt. Config values are merged as: '
                'YAML file < --set. The text encoder\'s pretrained weights are not loaded (the checkpoint holds them).')
-    parser.add_argument('-c', '--config_path', required=True, help='YAML config, e.g. configs/refer_youtube_vos.yaml')
-    parser.add_argument('-ckpt', '--checkpoint_path', required=True,
-                        help='MTTR checkpoint (official ones load as they are)')
-    parser.add_argument('--cpu', action='store_true', help='run on the CPU (default: CUDA)')
+    add_run_arguments(parser, checkpoint_required=True, window_size_default=12,
+                      window_size_help='the page\'s window size (frames per forward pass) until the user changes it '
+                                       '(default %(default)s)')
     parser.add_argument('--host', default='127.0.0.1',
                         help='address to listen on (default %(default)s: this machine only; 0.0.0.0: every network '
                              'the machine is on)')
     parser.add_argument('--port', type=int, default=7860, help='port to listen on (default %(default)s)')
-    parser.add_argument('-ws', '--window_size', type=int, default=12,
-                        help='the page\'s window size (frames per forward pass) until the user changes it (default '
-                             '%(default)s)')
     parser.add_argument('--max-upload-mb', type=float, default=Limits.max_upload_mb, metavar='MB',
                         help='largest video upload (default %(default)g MB)')
     parser.add_argument('--max-video-seconds', type=float, default=Limits.max_video_seconds, metavar='S',
@@ -354,8 +387,6 @@ def parse_args(argv=None):
     parser.add_argument('--query-batch', type=int, default=4, metavar='N',
                         help='queries decoded at once against a window\'s encoding, as in inference.py (default '
                              '%(default)s)')
-    parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
-                        help='override any config key, e.g. --set text_encoder_type=roberta-base-local')
     return parser.parse_args(argv)
 
 
@@ -371,53 +402,49 @@ def check_args(args):
         raise UsageError(f'--port must be 1 to 65535, got {args.port}')
 
 
-def stop_like_ctrl_c(signum, frame):
-    """`kill` stops the server as Ctrl-C does: main() closes it and deletes the temporary folder."""
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(argv)
+    work_dir, app = None, None
     try:
-        if MISSING_DEPENDENCY is not None:
-            raise UsageError(f'the demo needs Gradio and matplotlib ({MISSING_DEPENDENCY}): '
-                             'pip install -r requirements-demo.txt')
-        check_args(args)
-        config = load_inference_config(args.config_path, args.checkpoint_path, args.overrides, args.cpu,
-                                       window_size=args.window_size)
-        if config.device == 'cpu' and config.cpu_keep_freed_memory:  # process-wide: this is the entry point
-            keep_freed_memory_in_process()
-        segmenter = VideoSegmenter.from_checkpoint(config, args.checkpoint_path, args.query_batch)
-    except UsageError as error:
-        print(f'demo.py: error: {error_message(error)}', file=sys.stderr)
-        sys.exit(2)
-    limits = Limits(args.max_upload_mb, args.max_video_seconds, args.max_frames, args.max_queries)
-    work_dir, app = Path(tempfile.mkdtemp(prefix='mttr-demo-')), None
-    previous_handler = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
-    try:
-        examples = write_example_clips(work_dir / 'examples') if config.synthetic_dataset else None
-        description = (f'Model: `{args.config_path}` with `{Path(args.checkpoint_path).name}` on the '
-                       f'{"CPU" if config.device == "cpu" else "GPU"}. At most {limits.max_frames} frames and '
-                       f'{limits.max_queries} queries per request, videos of up to {limits.max_video_seconds:g} s '
-                       f'and {limits.max_upload_mb:g} MB. One request runs at a time; others wait in line.')
-        app = build_app(segmenter, limits, work_dir, args.window_size, examples, description)
-        try:
-            launch_app(app, limits, args.host, args.port)
-        except OSError as error:
-            raise UsageError(f'cannot listen on {args.host}:{args.port} ({error_message(error)}); choose another '
-                             '--port, or a --host address of this machine') from error
-        while True:  # until Ctrl-C or kill
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        with interrupting_stops():  # (`kill` stops the server as Ctrl-C does)
+            if MISSING_DEPENDENCY is not None:
+                raise UsageError(f'the demo needs Gradio and matplotlib ({MISSING_DEPENDENCY}): '
+                                 'pip install -r requirements-demo.txt')
+            check_args(args)
+            config = load_run_config(args.config_path, args.overrides, running_mode='eval',
+                                     checkpoint_path=args.checkpoint_path, needs_dataset=False,
+                                     window_size=args.window_size, device='cpu' if args.cpu else 'cuda')
+            plan_processes(cpu=config.device == 'cpu')  # (a GPU that is not there)
+            set_up_process(config.device, config.cpu_keep_freed_memory)  # (process-wide: this is the entry point)
+            segmenter = VideoSegmenter.from_checkpoint(config, args.checkpoint_path, args.query_batch)
+            limits = Limits(args.max_upload_mb, args.max_video_seconds, args.max_frames, args.max_queries)
+            work_dir = Path(tempfile.mkdtemp(prefix='mttr-demo-'))
+            examples = write_example_clips(work_dir / 'examples') if config.synthetic_dataset else None
+            description = (f'Model: `{args.config_path}` with `{Path(args.checkpoint_path).name}` on the '
+                           f'{"CPU" if config.device == "cpu" else "GPU"}. At most {limits.max_frames} frames and '
+                           f'{limits.max_queries} queries per request, videos of up to {limits.max_video_seconds:g} s '
+                           f'and {limits.max_upload_mb:g} MB. One request runs at a time; others wait in line.')
+            app = build_app(segmenter, limits, work_dir, args.window_size, examples, description)
+            try:
+                launch_app(app, limits, args.host, args.port)
+            except OSError as error:
+                raise UsageError(f'cannot listen on {args.host}:{args.port} ({error_message(error)}); choose another '
+                                 '--port, or a --host address of this machine') from error
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt as interrupt:
+        stopped = stopped_by(interrupt)
     except UsageError as error:
         print(f'demo.py: error: {error_message(error)}', file=sys.stderr)
         sys.exit(2)
     finally:
         if app is not None:
             app.close()
-        shutil.rmtree(work_dir, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous_handler)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    removed = f' and its temporary files ({work_dir}) removed' if work_dir is not None else ''
+    print(f'demo.py: stopped by {stopped.name}: the server is closed{removed}', file=sys.stderr)
+    sys.exit(128 + stopped)
 
 
 if __name__ == '__main__':

@@ -63,13 +63,12 @@ def _read_weights(name: str, checkpoint: _CheckpointSource, download: bool):
 
 def _build(name: str, config_file: str, window_size: int, checkpoint: _CheckpointSource, download: bool,
            text_encoder_type: str, device, config_overrides: typing.Sequence[str]):
-    from config import load_config
+    from engine.run_config import load_run_config
     from models import build_trained_network, postprocessing
 
-    config = load_config(REPO_DIR / 'configs' / config_file,
-                         [f'text_encoder_type={text_encoder_type}', *config_overrides],
-                         running_mode='eval', window_size=window_size, text_encoder_pretrained=False,
-                         backbone_pretrained=False, device=str(device))
+    config = load_run_config(REPO_DIR / 'configs' / config_file,
+                             [f'text_encoder_type={text_encoder_type}', *config_overrides], running_mode='eval',
+                             needs_dataset=False, window_size=window_size, device=str(device))
     weights = _read_weights(name, checkpoint, download)
     return build_trained_network(config, weights), postprocessing.build(config)
 

@@ -1,105 +1,59 @@
-"""Segment the object each text query refers to in any video, with a trained MTTR checkpoint.
+"""Segment the object each text query refers to in any video, a live source or a whole collection of videos, with a
+trained MTTR checkpoint.
 
     python inference.py -c configs/refer_youtube_vos.yaml -ckpt CHECKPOINT --video clip.mp4 \
         --text "a person riding a skateboard" --text "a dog running" [--texts-file queries.txt] -o outputs/ [--cpu]
+    python inference.py ... --video rtsp://camera/stream --online --text "the dog" -o live/
+    python inference.py ... --videos videos.jsonl -o collection/ [-ng 4 | torchrun --nproc-per-node 4 ...]
 
-The input is a video file PyAV can decode (mp4, avi, webm, ...) or a folder of jpg/png frames sorted by name. Frames
-are resized as in evaluation and the video is cut into windows of `-ws` frames (12 by default, the Refer-YouTube-VOS
-window). Each window is encoded once and every text query decoded against that encoding (`--query-batch` at a
-time); models/video_segmenter.py describes the windows and the choice of one object query per text query for the
-whole video.
+`--video` is a video file PyAV can decode (mp4, avi, webm, ...) or a folder of jpg/png frames sorted by name; with
+`--online`, anything PyAV opens as a stream (a URL, a device with --input-format, a named pipe, - for standard
+input), segmented as its frames arrive. Frames are resized as in evaluation and cut into windows of `-ws` frames
+(12 by default, the Refer-YouTube-VOS window); each window is encoded once and every text query decoded against
+that encoding. video_inference/choice.py describes the object query rules (`--rule`).
 
-Per text query, OUT_DIR/<nn>_<query>/ receives overlay.mp4 (the mask in colour and the query as a caption),
-preview.png (the overlay of the middle frame), masks/<frame>.png (0/255, at the input's resolution), scores.json
-(per-frame scores, the chosen object query, the window layout) and object_query_probabilities.npy
-([frames, object queries] probability of "referred").
+OUT/<nn>_<query>/ receives per text query overlay.mp4, preview.png, masks/<frame>.png, scores.json and
+object_query_probabilities.npy (video_inference/results.py); OUT/summary.json what was segmented, and
+OUT/config.yaml and OUT/log.txt the run's config and log. With --videos, each video's results go into
+OUT/<name>/, laid out so, and OUT/summary.json gives every video's status (video_inference/collection.py).
 """
 import argparse
-import json
+import contextlib
 import sys
-import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional
 
-import numpy as np
-from PIL import Image
+from config import Config, save_config
+from engine.arguments import add_run_arguments
+from engine.launch import Failed, Process, launch, plan_processes, set_up_process
+from engine.logs import log_to_file, logger, setup_logging
+from engine.run_config import load_run_config
+from engine.run_directory import DirectoryLock, LockHeld, describe_holder
+from engine.stopping import interrupting_stops, stopped_by
+from utils import RunError, UsageError, WriteError, check_directory_path, error_message, replacing, writing
+from video_inference.choice import CAUSAL_RULES, FILE_RULE, ONLINE_RULE, RULES
+from video_inference.collection import SUMMARY, read_video_list, segment_collection
+from video_inference.one_video import SegmentationOptions, open_source, read_summary, segment_into_folder
+from video_inference.segmenter import SECOND_PASSES, VideoSegmenter
 
-from datasets.video import (OVERLAY_COLOURS, Mp4Writer, draw_overlay, open_input, query_folder_name,
-                            write_mask_png)
-from models.video_segmenter import VideoSegmentation, VideoSegmenter, load_inference_config
-from utils import (UsageError, WriteError, check_directory_path, error_message, keep_freed_memory_in_process,
-                   writing)
-
-# ---------------------------------------------------------------------------------------------------------------
-# Writing the results
-
-
-def write_results(result: VideoSegmentation, frames, out_dir: Path, metadata: dict) -> List[Path]:
-    """Second pass over the frames: overlay video, preview picture (the middle frame's overlay), mask PNGs and
-    scores of every text query."""
-    query_dirs, writers, frame_records = [], [], []
-    for query_index, query in enumerate(result.queries):
-        query_dir = out_dir / query_folder_name(query_index, query)
-        with writing(query_dir, 'results folder'):
-            (query_dir / 'masks').mkdir(parents=True, exist_ok=True)
-            for stale in (query_dir / 'masks').glob('*.png'):  # from an earlier run on other frames
-                stale.unlink()
-        query_dirs.append(query_dir)
-        writers.append(Mp4Writer(query_dir / 'overlay.mp4', frames.frame_rate, frames.size))
-        frame_records.append([])
-    probabilities = [result.referred_probabilities(q) for q in range(len(result.queries))]
-    preview_position = len(frames.frames) // 2
-    try:
-        for position, frame, image, window_index, masks in result.frame_masks(frames, frames.size):
-            for query_index, (query, mask) in enumerate(zip(result.queries, masks)):
-                mask_path = Path('masks') / f'{frame.name}.png'  # (a file's stem or a frame number: one name)
-                write_mask_png(query_dirs[query_index] / mask_path, mask)
-                colour = OVERLAY_COLOURS[query_index % len(OVERLAY_COLOURS)]
-                overlay = draw_overlay(image, mask, query, colour)  # [H0, W0, 3] uint8
-                writers[query_index].write(overlay)
-                if position == preview_position:
-                    with writing(query_dirs[query_index] / 'preview.png', 'preview'):
-                        Image.fromarray(overlay).save(query_dirs[query_index] / 'preview.png')
-                frame_records[query_index].append({
-                    'frame': position, 'source_index': frame.source_index, 'time': round(frame.time, 6),
-                    'mask': str(mask_path), 'mask_pixels': int(mask.sum()), 'window': window_index,
-                    'referred_probability': float(probabilities[query_index][position,
-                                                                             result.object_queries[query_index]])})
-    finally:
-        for writer in writers:
-            writer.close()
-    for query_index, query in enumerate(result.queries):
-        trajectory_scores = probabilities[query_index].mean(axis=0)
-        object_query = result.object_queries[query_index]
-        scores = {
-            'query': query, **metadata,
-            'num_frames': len(frame_records[query_index]), 'frame_rate': frames.frame_rate,
-            'object_query': object_query,
-            'object_query_score': float(trajectory_scores[object_query]),
-            'object_query_scores': [round(float(s), 6) for s in trajectory_scores],
-            'windows': [window.to_dict() for window in result.windows],
-            'frames': frame_records[query_index],
-        }
-        with writing(query_dirs[query_index], 'results folder'):
-            np.save(query_dirs[query_index] / 'object_query_probabilities.npy', probabilities[query_index])
-            (query_dirs[query_index] / 'scores.json').write_text(json.dumps(scores, indent=1))
-    return query_dirs
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command line
+TERMINATED_EXIT_CODE, FAILED_VIDEOS_EXIT_CODE, STOPPED_EARLY_EXIT_CODE = 143, 1, 3
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Segment the object each text query refers to in a video, with an MTTR checkpoint.',
+        description='Segment the object each text query refers to in a video, a live source or a collection of '
+                    'videos, with an MTTR checkpoint.',
         epilog='Config values are merged as: YAML file < the flags above < --set. The text encoder\'s pretrained '
                'weights are not loaded (the checkpoint holds them) unless --set text_encoder_pretrained=true.')
-    parser.add_argument('-c', '--config_path', required=True, help='YAML config, e.g. configs/refer_youtube_vos.yaml')
-    parser.add_argument('-ckpt', '--checkpoint_path', required=True,
-                        help='MTTR checkpoint (official ones load as they are)')
-    parser.add_argument('--video', required=True,
-                        help='a video file (mp4, avi, webm, ...) or a folder of jpg/png frames')
+    add_run_arguments(parser, checkpoint_required=True, window_size_default=12,
+                      window_size_help='frames per forward pass (default 12, the Refer-YouTube-VOS checkpoint\'s '
+                                       'window)')
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument('--video', help='a video file (mp4, avi, webm, ...) or a folder of jpg/png frames; with '
+                                        '--online, also a URL, a device, a named pipe or - (standard input)')
+    inputs.add_argument('--videos', metavar='LIST',
+                        help='a JSON-lines file, a video a line: {"video": "path/or/url", "queries": ["...", ...]} '
+                             '(optional "name": its results folder under -o)')
     parser.add_argument('--text', dest='queries', action='append', default=[], metavar='QUERY',
                         help='a text query (repeatable: each query is segmented on its own, all of them on one '
                              'encoding of each window)')
@@ -110,8 +64,25 @@ def parse_args(argv=None):
                              '360x640 and windows of 12 the memory stays within 1.3x that of one query; lower it '
                              'to save memory, raise it for speed)')
     parser.add_argument('-o', '--output_dir', required=True, help='where the results go (one folder per query)')
-    parser.add_argument('-ws', '--window_size', type=int, default=12,
-                        help='frames per forward pass (default 12, the Refer-YouTube-VOS checkpoint\'s window)')
+    parser.add_argument('--rule', choices=RULES,
+                        help=f'how the object query is chosen across windows (default: {FILE_RULE}, with --online '
+                             f'{ONLINE_RULE}); see the README\'s table')
+    parser.add_argument('--window-overlap', type=int, metavar='N',
+                        help='frames shared by consecutive windows (default: 0 for the video rule, a quarter of the '
+                             'window for the others)')
+    parser.add_argument('--second-pass', choices=SECOND_PASSES,
+                        help='the whole-video rules choose after the last window: the masks then come from running '
+                             'the network again (network, the default: nothing on disk) or from every object '
+                             'query\'s outputs kept in a scratch folder under -o (scratch: half the compute, about '
+                             '0.5 MB of scratch per frame at 360p)')
+    parser.add_argument('--online', action='store_true',
+                        help='segment a live source as its frames arrive: each window\'s masks are written as soon '
+                             'as it has run (needs a causal rule: window or causal)')
+    parser.add_argument('--input-format', help='the source\'s format for PyAV (ffmpeg -f), e.g. v4l2 for a camera')
+    parser.add_argument('--input-option', dest='input_options', action='append', default=[], metavar='KEY=VALUE',
+                        help='an option for opening the source (ffmpeg\'s), e.g. rtsp_transport=tcp')
+    parser.add_argument('--stall-timeout', type=float, default=10.0, metavar='S',
+                        help='--online: stop when the source sends no frame for this many seconds (default 10)')
     parser.add_argument('--start', type=float, default=0.0, help='first second to segment (inclusive, default 0)')
     parser.add_argument('--end', type=float, help='last second to segment (exclusive, default: the end)')
     parser.add_argument('--fps', type=float, help='subsample to this many frames a second (default: every frame)')
@@ -119,10 +90,12 @@ def parse_args(argv=None):
                         help='frame rate of a frames folder, for --start/--end/--fps and the overlay video '
                              '(default 30)')
     parser.add_argument('--object-query', type=int, metavar='INDEX',
-                        help='segment this object query instead of the best one (scores.json lists them all)')
-    parser.add_argument('--cpu', action='store_true', help='run on the CPU (default: CUDA)')
-    parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
-                        help='override any config key, e.g. --set text_encoder_type=roberta-base-local')
+                        help='segment this object query in every window instead of choosing (scores.json lists '
+                             'their scores)')
+    devices = parser.add_mutually_exclusive_group()
+    devices.add_argument('-ng', '--num_gpus', type=int,
+                         help='--videos: number of GPUs, one process each (with --cpu: number of CPU processes)')
+    devices.add_argument('-gids', '--gpu_ids', type=int, nargs='+', help='--videos: ids of the GPUs to use')
     return parser.parse_args(argv)
 
 
@@ -130,6 +103,9 @@ def check_args(args):
     """Values argparse cannot check by itself, reported like the other usage errors: in one line."""
     if args.window_size < 1:
         raise UsageError(f'-ws must be at least 1, got {args.window_size}')
+    if args.window_overlap is not None and not 0 <= args.window_overlap < args.window_size:
+        raise UsageError(f'--window-overlap must be 0 to {args.window_size - 1} (less than -ws), got '
+                         f'{args.window_overlap}')
     if args.start < 0:
         raise UsageError(f'--start must be 0 or more seconds, got {args.start:g}')
     if args.end is not None and args.end <= args.start:
@@ -137,15 +113,32 @@ def check_args(args):
     for name, value in (('--fps', args.fps), ('--folder-fps', args.folder_fps)):
         if value is not None and not value > 0:
             raise UsageError(f'{name} must be a positive number of frames a second, got {value:g}')
+    if not args.stall_timeout > 0:
+        raise UsageError(f'--stall-timeout must be a positive number of seconds, got {args.stall_timeout:g}')
     for query in args.queries:
         if not query.strip():
             raise UsageError(f'--text {query!r}: the text query is empty; give the words that describe the object')
-    if not args.queries and not args.texts_file:
+    if args.videos and (args.queries or args.texts_file):
+        raise UsageError('--videos gives each video its queries: leave out --text and --texts-file')
+    if args.video and not args.queries and not args.texts_file:
         raise UsageError('no text query: give --text QUERY (repeatable) or --texts-file FILE')
+    if args.video and (args.num_gpus or args.gpu_ids):
+        raise UsageError('-ng and -gids spread a collection (--videos) over processes; one --video runs in one')
+    if args.num_gpus is not None and args.num_gpus < 1:
+        raise UsageError(f'-ng must be at least 1, got {args.num_gpus}')
     if args.query_batch < 1:
         raise UsageError(f'--query-batch must be at least 1, got {args.query_batch}')
     if args.object_query is not None and args.object_query < 0:
         raise UsageError(f'--object-query must be an object query index (0 or more), got {args.object_query}')
+    if args.online and args.videos:
+        raise UsageError('--online segments one live source (--video), not a collection')
+    rule = args.rule or (ONLINE_RULE if args.online else FILE_RULE)
+    if args.second_pass is not None and (rule in CAUSAL_RULES or args.object_query is not None):
+        raise UsageError(f'--second-pass is for the whole-video rules (video, linked); --rule {rule} decides each '
+                         'window as it runs, in one pass')
+    if args.online and args.rule is not None and args.rule not in CAUSAL_RULES:
+        raise UsageError(f'--online decides each window as it comes: --rule {args.rule} needs the whole video; use '
+                         f'{" or ".join(CAUSAL_RULES)}')
     check_directory_path(args.output_dir, '-o')
 
 
@@ -164,48 +157,134 @@ def read_queries(args) -> List[str]:
     return queries
 
 
-def load_run_config(args):
+def read_run_config(args) -> Config:
     """The config of the run, checked before any frame is decoded or any weight is read."""
-    config = load_inference_config(args.config_path, args.checkpoint_path, args.overrides, args.cpu,
-                                   window_size=args.window_size)
+    config = load_run_config(args.config_path, args.overrides, running_mode='eval',
+                             checkpoint_path=args.checkpoint_path, needs_dataset=False, window_size=args.window_size,
+                             device='cpu' if args.cpu else 'cuda')
+    plan_processes(cpu=config.device == 'cpu')  # (a GPU that is not there)
     if args.object_query is not None and args.object_query >= config.num_queries:
         raise UsageError(f'--object-query {args.object_query}: the model has object queries 0 to '
                          f'{config.num_queries - 1}')
     return config
 
 
-def run(args) -> List[Tuple[str, Path]]:
-    """Segments the video for every query; returns `(query, its results folder)` pairs."""
-    config = load_run_config(args)
-    queries = read_queries(args)
-    if config.device == 'cpu' and config.cpu_keep_freed_memory:  # process-wide: this is the entry point
-        keep_freed_memory_in_process()
-    frames = open_input(args.video, args.start, args.end, args.fps, args.folder_fps)
-    segmenter = VideoSegmenter.from_checkpoint(config, args.checkpoint_path, args.query_batch)
-    out_dir = Path(args.output_dir)
+def segmentation_options(args) -> SegmentationOptions:
+    options = {}
+    for item in args.input_options:
+        if '=' not in item:
+            raise UsageError(f'--input-option expects KEY=VALUE, got {item!r}')
+        key, value = item.split('=', 1)
+        options[key] = value
+    return SegmentationOptions(
+        window_size=args.window_size, rule=args.rule or (ONLINE_RULE if args.online else FILE_RULE),
+        overlap=args.window_overlap, object_query=args.object_query, second_pass=args.second_pass or 'network',
+        start=args.start, end=args.end, fps=args.fps, folder_fps=args.folder_fps, online=args.online,
+        input_format=args.input_format, input_options=options, stall_timeout=args.stall_timeout)
+
+
+def open_output(out_dir: Path, config: Config) -> DirectoryLock:
+    """-o, created and locked for this run (a second run into it stops naming the first), with the run's config
+    and log."""
     with writing(out_dir, 'output folder'):
         out_dir.mkdir(parents=True, exist_ok=True)
-    print(f'{args.video}: {len(frames.frames)} frames of {frames.size[1]}x{frames.size[0]}, {len(queries)} '
-          f'quer{"y" if len(queries) == 1 else "ies"}, windows of up to {args.window_size} frames', file=sys.stderr)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix='.scratch-') as scratch_dir:
-        result = segmenter.segment(frames, queries, args.window_size, Path(scratch_dir), args.object_query)
-        metadata = {'input': str(args.video), 'checkpoint': str(args.checkpoint_path), 'window_size': args.window_size,
-                    'object_query_rule': 'given by --object-query' if args.object_query is not None else
-                    'highest probability of "referred" averaged over all frames'}
-        return list(zip(queries, write_results(result, frames, out_dir, metadata)))
-
-
-def main(argv=None):
-    args = parse_args(argv)
+    lock = DirectoryLock(out_dir)
     try:
-        check_args(args)
-        results = run(args)
-    except (UsageError, WriteError) as error:
+        lock.acquire()
+    except LockHeld as error:
+        raise UsageError(f'-o {out_dir} is in use by another run ({describe_holder(error.holder)}); wait for it to '
+                         'end or choose another -o') from None
+    except OSError as error:
+        raise UsageError(f'cannot write into -o {out_dir}: {error.strerror or error_message(error)}') from error
+    with writing(out_dir / 'config.yaml', 'config'), replacing(out_dir / 'config.yaml') as temporary:
+        save_config(config, temporary)
+    setup_logging()
+    log_to_file(out_dir / 'log.txt')
+    return lock
+
+
+def segment_one(args, config: Config, options: SegmentationOptions, locks: list):
+    queries = read_queries(args)
+    set_up_process(config.device, config.cpu_keep_freed_memory)  # (process-wide: this is the entry point)
+    frames = open_source(args.video, options)  # (a video that cannot be read is told before the model loads)
+    segmenter = VideoSegmenter.from_checkpoint(config, args.checkpoint_path, args.query_batch)
+    locks.append(open_output(Path(args.output_dir), config))  # (the inputs are checked: from here on it writes)
+    logger.info(f'{args.video}: {len(queries)} quer{"y" if len(queries) == 1 else "ies"}, windows of '
+                f'{args.window_size} frames overlapping by {options.window_overlap}, rule {options.rule}'
+                + (', online' if options.online else ''))
+    summary = segment_into_folder(segmenter, args.video, queries, Path(args.output_dir), options,
+                                  {'checkpoint': str(args.checkpoint_path)}, frames=frames)
+    for query, folder in zip(queries, summary['folders']):
+        folder = Path(args.output_dir) / folder
+        logger.info(f'"{query}": {folder}/overlay.mp4, {folder}/preview.png, {folder}/masks/*.png, '
+                    f'{folder}/scores.json')
+    logger.info(f'{summary["num_frames"]} frames in {summary["windows"]} windows, {summary["seconds"]:.1f} s; '
+                f'latency per window (frames in to masks out) {summary["latency_seconds"]["mean"]:.2f} s on '
+                f'average, {summary["latency_seconds"]["max"]:.2f} s at most')
+    if summary['stop_reason']:
+        print(f'inference.py: stopped early: {summary["stop_reason"]}; the {summary["num_frames"]} frames before are '
+              f'segmented in {args.output_dir}', file=sys.stderr)
+        return STOPPED_EARLY_EXIT_CODE
+    return 0
+
+
+def collection_process(process: Process, config: Config, checkpoint: str, query_batch: int, entries,
+                       out_dir: Path, options: SegmentationOptions) -> str:
+    """One process of a collection run (engine.launch's target)."""
+    config.device = str(process.device)
+    segmenter = VideoSegmenter.from_checkpoint(config, checkpoint, query_batch)
+    segment_collection(process, segmenter, entries, out_dir, options, {'checkpoint': str(checkpoint)})
+    return 'interrupted' if process.stop.signum is not None else 'done'
+
+
+def segment_many(args, config: Config, options: SegmentationOptions, locks: list) -> int:
+    entries = read_video_list(args.videos)
+    plan = plan_processes(args.cpu, args.num_gpus, args.gpu_ids)
+    out_dir = Path(args.output_dir)
+    if plan.rank == 0:  # (under torchrun the others write into the folder rank 0 holds)
+        locks.append(open_output(out_dir, config))
+    logger.info(f'{len(entries)} videos from {args.videos}, {plan.world_size if plan.torchrun else len(plan.devices)}'
+                f' process(es)')
+    status = launch(collection_process, plan, config, args.checkpoint_path, args.query_batch, entries, out_dir,
+                    options, keep_freed_memory=config.cpu_keep_freed_memory, exiting=True)
+    if plan.rank != 0:
+        return 0
+    summary = read_summary(out_dir) if (out_dir / SUMMARY).is_file() else None
+    if summary is None:
+        return TERMINATED_EXIT_CODE if status in ('interrupted', 'stopped') else FAILED_VIDEOS_EXIT_CODE
+    logger.info(f'{out_dir / SUMMARY}: ' + ', '.join(f'{count} {name}' for name, count in summary['counts'].items()))
+    if status in ('interrupted', 'stopped'):
+        return TERMINATED_EXIT_CODE
+    return FAILED_VIDEOS_EXIT_CODE if summary['counts'].get('failed') else 0
+
+
+def main(argv: Optional[List[str]] = None):
+    args = parse_args(argv)
+    locks = []  # (-o, once the run writes there)
+    try:
+        with interrupting_stops() if args.video else contextlib.nullcontext():
+            check_args(args)
+            config = read_run_config(args)
+            options = segmentation_options(args)
+            segment = segment_one if args.video else segment_many
+            code = segment(args, config, options, locks)
+    except (UsageError, WriteError, RunError) as error:
+        if getattr(error, 'details', None):
+            print(error.details, file=sys.stderr)
         print(f'inference.py: error: {error_message(error)}', file=sys.stderr)
-        sys.exit(2)
-    for query, query_dir in results:
-        print(f'"{query}": {query_dir}/overlay.mp4, {query_dir}/preview.png, {query_dir}/masks/*.png, '
-              f'{query_dir}/scores.json')
+        code = 2
+    except Failed as failed:
+        code = failed.exit_code
+    except KeyboardInterrupt as interrupt:
+        signum = stopped_by(interrupt)
+        print(f'inference.py: stopped by {signum.name}: the results folders of this run are incomplete (no '
+              'summary.json); temporary files were removed', file=sys.stderr)
+        code = 128 + signum
+    finally:
+        for lock in locks:
+            lock.release()
+    if code:
+        sys.exit(code)
 
 
 if __name__ == '__main__':

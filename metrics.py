@@ -5,7 +5,7 @@ A2D-Sentences / JHMDB-Sentences: COCO mask mAP (pycocotools, categories ignored)
 prediction precision@K, overall IoU and mean IoU (`compute_referring_metrics`).
 
 Refer-YouTube-VOS: the DAVIS-2017 region similarity J (`db_eval_iou`) and boundary F-measure
-(`db_eval_boundary`); `tools/evaluate_refer_youtube_vos.py` averages them over expressions.
+(`db_eval_boundary`); `tools/evaluate_jf.py` averages them over expressions.
 
 Ref-DAVIS17: the DAVIS-2017 unsupervised protocol per video (`davis_unsupervised_scores`), averaged over objects
 per expression set and over the four sets (`ref_davis17_scores`). MeViS: J and F per expression

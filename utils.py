@@ -1,18 +1,13 @@
 """Small shared helpers: user-facing errors, padded batches, distributed state and collectives, random states,
 file I/O, autocast."""
-import ctypes
-import ctypes.util
-import json
+import errno
+import io
 import os
-import random
-import socket
 import tempfile
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -40,16 +35,37 @@ def safe_name(value, what: str, source) -> str:
     return name
 
 
+def file_in_the_way(path) -> Optional[Path]:
+    """The nearest existing folder above `path` when it is a file instead (nothing can be created at `path`)."""
+    parent = next((p for p in Path(path).parents if p.exists()), None)
+    return parent if parent is not None and not parent.is_dir() else None
+
+
 def check_directory_path(path, what: str):
     """A UsageError when the directory `path` (created later if missing) is a file or lies below one."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f'{what} {path} is a file; expected a directory (it is created if missing)')
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f'{what} {path}: {parent} is a file, not a directory')
-            break
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise UsageError(f'{what} {path}: {blocking} is a file, not a directory')
+
+
+class RunError(Exception):
+    """A run cannot go on (a checkpoint that does not fit, a non-finite loss, a dataset that cannot be read, ...):
+    printed in one line, without a stack trace, with exit code 2. `details`, when set, is printed before that line
+    (an expected folder layout, say)."""
+
+    def __init__(self, message: str, details: Optional[str] = None):
+        super().__init__(message)
+        self.details = details
+
+
+def open_to_append(path, binary: bool = False):
+    """`path` opened to append (text, or bytes), created with the umask's permissions; a symbolic link there is an
+    OSError (ELOOP) instead of a file written elsewhere."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    return os.fdopen(fd, 'ab' if binary else 'a')
 
 
 class WriteError(Exception):
@@ -64,6 +80,8 @@ def writing(path, what: str = 'file'):
         yield
     except OSError as error:
         reason = error.strerror or error_message(error) or type(error).__name__
+        if error.errno == errno.ELOOP:
+            reason = 'it is a symbolic link, and nothing is written through a link'
         raise WriteError(f'cannot write the {what} {path}: {reason}') from error
 
 
@@ -149,119 +167,46 @@ def broadcast_object(value: Any) -> Any:
     return shared[0]
 
 
-def rng_states() -> dict:
-    """This process's random states (Python, NumPy, torch, CUDA), as types a weights_only checkpoint can hold."""
-    name, keys, position, has_gauss, cached_gauss = np.random.get_state()
-    states = {'python': random.getstate(), 'torch': torch.get_rng_state(),
-              'numpy': (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss)}
-    if torch.cuda.is_available():
-        states['cuda'] = torch.cuda.get_rng_state_all()
-    return states
+def _umask() -> int:
+    """The process's umask (read without changing it, where the system tells it)."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
-def set_rng_states(states: dict):
-    version, internal, gauss = states['python']
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, position, has_gauss, cached_gauss = states['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
-    torch.set_rng_state(states['torch'])
-    if 'cuda' in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
-
-
-def atomic_write(path, write_fn, mode='wb'):
-    """Write a file through `write_fn(file)` into a temporary file beside it, then rename it into place.
-
-    A crash or a full disk leaves the previous file untouched instead of a truncated one.
-    """
+@contextmanager
+def replacing(path):
+    """Yields a temporary path beside `path` (`.<name>.<random>.tmp`); what is written there replaces `path` in one
+    rename when the block ends without an error, and is deleted otherwise. So a crash or a full disk leaves the
+    previous file whole instead of a truncated one; a symlink at `path` is replaced, never written through; the
+    file gets the permissions the user's umask gives a new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    temporary = Path(temporary)
     try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.chmod(temporary, 0o666 & ~_umask())  # (mkstemp makes it 0600)
+        yield temporary
+        os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        temporary.unlink(missing_ok=True)
         raise
 
 
-class LockHeld(Exception):
-    """Another live process holds the lock; `holder` is what it wrote into the lock file (pid, host, start)."""
-
-    def __init__(self, path: Path, holder: dict):
-        super().__init__(path, holder)
-        self.path, self.holder = path, holder
-
-
-class DirectoryLock:
-    """An exclusive lock on a folder: the file `<folder>/.lock`, flock'ed while held, holding the holder's pid,
-    host and start time. The kernel releases the lock when its process ends, however it ends, so a lock file left
-    by a killed process is free for the next one (`acquire` returns what that process had written, to report it).
-    """
-
-    def __init__(self, folder):
-        self.path = Path(folder) / '.lock'
-        self._fd = None
-
-    @staticmethod
-    def _read(fd) -> dict:
-        os.lseek(fd, 0, os.SEEK_SET)
-        text = os.read(fd, 4096).decode(errors='replace')
-        try:
-            holder = json.loads(text)
-        except ValueError:
-            return {'unreadable': text} if text else {}
-        return holder if isinstance(holder, dict) else {'unreadable': text}
-
-    def acquire(self) -> dict:
-        """Take the lock; returns what a previous, dead holder left in the file ({} if nothing). Raises LockHeld
-        when a live process holds it."""
-        import fcntl  # (POSIX only: imported here, so that this module imports everywhere)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._read(fd)
-                os.close(fd)
-                raise LockHeld(self.path, holder) from None
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
-                current = os.stat(self.path).st_ino
-            except FileNotFoundError:
-                current = None
-            if current != os.fstat(fd).st_ino:  # its holder removed the file between our open and flock
-                os.close(fd)
-                continue
-            previous = self._read(fd)
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
-                                     'started': datetime.now().isoformat(timespec='seconds')}).encode())
-            self._fd = fd
-            return previous
-
-    def release(self):
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # while still holding it: see the inode check in acquire
-            os.close(self._fd)
-            self._fd = None
-
-
-def describe_holder(holder: dict) -> str:
-    """`pid 123 on host, since 2024-05-01T10:00:00`, from what a DirectoryLock holder wrote."""
-    if 'pid' not in holder:
-        return 'an unknown process'
-    text = f"pid {holder['pid']}"
-    if holder.get('host') and holder['host'] != socket.gethostname():
-        text += f" on {holder['host']}"
-    return text + (f", since {holder['started']}" if holder.get('started') else '')
+def atomic_write(path, write_fn, mode='wb'):
+    """Write a file through `write_fn(file)`, replacing `path` atomically (see `replacing`)."""
+    with replacing(path) as temporary:
+        with open(temporary, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def cache_dir(configured: str) -> Path:
@@ -283,29 +228,38 @@ def read_checkpoint(path):
                            'truncated or not a PyTorch checkpoint') from error
 
 
-def save_checkpoint(checkpoint, path):
-    """Save atomically: the previous file at `path` stays intact if writing fails (a WriteError names `path`)."""
-    with writing(path, 'checkpoint'):
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
+class _WriteErrors(io.RawIOBase):
+    """A file that keeps the OSError its writes raised: torch's zip writer reports a failed write (a full disk) as a
+    RuntimeError about stream positions, which names neither the file nor the cause."""
+
+    def __init__(self, file):
+        super().__init__()
+        self.file, self.error = file, None
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
 
 
-def keep_freed_memory_in_process() -> bool:
-    """On Linux with glibc, serve every allocation from the heap and keep freed memory there for reuse.
-
-    By default glibc maps each large tensor afresh and unmaps it when freed, and returns the top of the heap to
-    the system, so every forward and backward pass page-faults its activations in again: on this project's
-    test machine a training step took 5.2 s with glibc's defaults and 3.6 s with this (450,000 -> 6,000 page
-    faults per step). Returns whether the setting took (False elsewhere, e.g. with another C library, where
-    nothing changes). The process keeps its peak memory instead of giving it back between steps.
-    """
-    name = ctypes.util.find_library('c')
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 2 ** 31 - 1) == 1
+def save_checkpoint(checkpoint, path, what: str = 'checkpoint'):
+    """torch.save, atomically: the previous file at `path` stays intact if writing fails (a WriteError names
+    `path`, as the `what`)."""
+    def write(f):
+        recorder = _WriteErrors(f)
+        try:
+            torch.save(checkpoint, recorder)
+        except RuntimeError as error:
+            if recorder.error is None:
+                raise
+            raise recorder.error from error
+    with writing(path, what):
+        atomic_write(path, write)
 
 
 def autocast_dtype(config, device: torch.device, training: bool) -> Optional[torch.dtype]:

@@ -49,6 +49,12 @@ def dataset_names() -> Tuple[str, ...]:
     return tuple(_DATASETS)
 
 
+def check_dataset_name(name: str):
+    """A ValueError naming the registered datasets when `name` is not one of them."""
+    if name not in _DATASETS:
+        raise ValueError(f'config key dataset_name: {name!r} is not one of {", ".join(map(repr, _DATASETS))}')
+
+
 def _function(target: Union[Callable, str]) -> Callable:
     if callable(target):
         return target
@@ -63,6 +69,7 @@ def build_dataset(image_set: str, config=None, **config_values) -> Dataset:
         config_values['dataset_name'] = config
         config = None
     config = as_config(config if config is not None else config_values)
+    check_dataset_name(config.dataset_name)
     entry = _DATASETS[config.dataset_name]
     if image_set not in entry.image_sets:
         raise ValueError(f'{config.dataset_name} has no {image_set!r} split (it has: {", ".join(entry.image_sets)})'
@@ -75,6 +82,7 @@ def build_dataset(image_set: str, config=None, **config_values) -> Dataset:
 
 
 def build_evaluator(config: Config, dataset: Dataset, run_dir: Path, epoch: int) -> Evaluator:
+    check_dataset_name(config.dataset_name)
     return _function(_DATASETS[config.dataset_name].build_evaluator)(config, dataset, Path(run_dir), epoch)
 
 

@@ -4,6 +4,7 @@ One sample is (query, video, annotated frame, instance) for every annotated fram
 instance has a mask; its input is a window of `window_size` frames centred on that frame.
 """
 import csv
+import io
 import os
 import warnings
 from collections import OrderedDict
@@ -19,10 +20,11 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from utils import is_main_process, safe_name
-from .files import (cache_path, check_row_count, coco_ground_truth, file_digest, load_or_build_json,
-                    raise_if_missing, require_dataset_root, require_path, stat_fingerprint)
-from .transforms import VideoTransforms, collate_videos
-from .video import announced_frame_count, check_frame_count
+from .files import (DatasetLayoutError, cache_path, check_row_count, coco_ground_truth, file_digest,
+                    load_or_build_json, raise_if_missing, read_text, require_dataset_root, require_path,
+                    stat_fingerprint)
+from .transforms import VideoTransforms, collate_videos, normalize_query
+from .video_files import announced_frame_count, check_frame_count
 
 LAYOUT = """<dataset_path>/
 ├── Release/
@@ -40,15 +42,12 @@ FULL_VIDEOSET_ROWS = 3782
 FULL_ANNOTATION_ROWS = 6655
 FULL_MISSED_VIDEOS = 28
 SUBSET_CODES = {'train': '0', 'test': '1'}
+VIDEOSET_FORM = '9 comma-separated columns without a header, the last being the subset (0 train, 1 test)'
 # One row of a2d_annotation.txt is a known annotation mistake (video T6bNPuKV-wY).
 BROKEN_INSTANCE_ID = '1 (copy)'
 VIDEO_FOLDERS = ('clips320H', 'CLIPS320')  # the official code uses the first, its README the second
 # A clip that yields up to this many frames fewer than its container lists is read with a warning (windows near
 # its end may be off by as many frames); more is an error: the file is truncated or damaged.
-
-
-def normalize_query(text_query: str) -> str:
-    return ' '.join(text_query.lower().split())
 
 
 def image_id(video_id: str, frame: int, instance_id: int) -> str:
@@ -58,20 +57,18 @@ def image_id(video_id: str, frame: int, instance_id: int) -> str:
 def read_videoset(path: Path) -> Dict[str, str]:
     """video id -> subset code ('0' train, '1' test), from the headerless 9-column videoset.csv."""
     subsets = {}
-    with open(path, newline='') as f:
-        for line_number, row in enumerate(csv.reader(f), start=1):
-            if len(row) != 9 or row[8] not in ('0', '1'):
-                raise ValueError(f'{path}, line {line_number}: expected 9 comma-separated columns without a header, '
-                                 f'the last being the subset (0 train, 1 test); got {row}')
-            subsets[safe_name(row[0], 'video id', f'{path}, line {line_number}')] = row[8]
+    text = read_text(path, VIDEOSET_FORM)
+    for line_number, row in enumerate(csv.reader(io.StringIO(text, newline='')), start=1):
+        if len(row) != 9 or row[8] not in ('0', '1'):
+            raise ValueError(f'{path}, line {line_number}: expected {VIDEOSET_FORM}; got {row}')
+        subsets[safe_name(row[0], 'video id', f'{path}, line {line_number}')] = row[8]
     check_row_count(path, len(subsets), FULL_VIDEOSET_ROWS)
     return subsets
 
 
 def read_text_annotations(path: Path) -> List[Tuple[str, int, str]]:
     """(video id, instance id, normalised query) per row of a2d_annotation.txt, in file order."""
-    with open(path, newline='') as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(io.StringIO(read_text(path, 'CSV rows video_id,instance_id,query'), newline='')))
     if not rows or rows[0] != ['video_id', 'instance_id', 'query']:
         raise ValueError(f'{path}: expected the header video_id,instance_id,query, got {rows[:1]}')
     check_row_count(path, len(rows) - 1, FULL_ANNOTATION_ROWS)
@@ -90,7 +87,7 @@ def read_text_annotations(path: Path) -> List[Tuple[str, int, str]]:
 
 
 def read_missed_videos(path: Path) -> set:
-    missed = {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    missed = {line.strip() for line in read_text(path, 'one video id a line').splitlines() if line.strip()}
     check_row_count(path, len(missed), FULL_MISSED_VIDEOS, 'video ids')
     return missed
 
@@ -286,8 +283,8 @@ class A2DSentencesDataset(Dataset):
         for name in VIDEO_FOLDERS:
             if (self.root / 'Release' / name).is_dir():
                 return self.root / 'Release' / name
-        raise FileNotFoundError(f'A2D video folder not found: neither {self.root / "Release" / VIDEO_FOLDERS[0]} '
-                                f'nor {self.root / "Release" / VIDEO_FOLDERS[1]} exists\nExpected layout:\n{LAYOUT}')
+        raise DatasetLayoutError(f'A2D video folder not found: neither {self.root / "Release" / VIDEO_FOLDERS[0]} '
+                                 f'nor {self.root / "Release" / VIDEO_FOLDERS[1]} exists', LAYOUT)
 
     def _split_annotations(self, videoset_path, annotations_path, missed_path) -> List[Tuple[str, int, str]]:
         """The annotation rows of this split's videos, in file order, without the missed videos."""

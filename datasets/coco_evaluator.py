@@ -11,7 +11,7 @@ from models.postprocessing import A2DSentencesPostProcess, binary_masks_at_input
 from utils import all_gather_lists, is_main_process, safe_name, writing
 from .evaluator import Evaluator
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
-from .video import draw_overlay
+from .pictures import draw_overlay
 
 PICTURE_MIN_HEIGHT = 240
 

@@ -8,6 +8,7 @@ resolved against the configured dataset path.
 """
 import csv
 import hashlib
+import io
 import json
 import random
 from pathlib import Path
@@ -20,11 +21,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from utils import atomic_write, is_main_process, safe_name
-from .a2d_sentences import normalize_query
-from .files import (cache_path, check_row_count, coco_ground_truth, load_or_build_json,
-                    raise_if_missing, require_dataset_root, require_path, stat_fingerprint)
-from .transforms import VideoTransforms, collate_videos
+from utils import atomic_write, is_main_process, safe_name, writing
+from .files import (DatasetLayoutError, cache_path, check_row_count, coco_ground_truth, load_or_build_json,
+                    raise_if_missing, read_json, read_text, require_dataset_root, require_file, require_path,
+                    stat_fingerprint)
+from .transforms import VideoTransforms, collate_videos, normalize_query
 
 LAYOUT = """<dataset_path>/
 ├── jhmdb_annotation.txt             (header: video_id,query)
@@ -37,6 +38,7 @@ FULL_ANNOTATION_ROWS = 928
 PAPER_SAMPLES = 2784
 FRAMES_PER_VIDEO = 3
 SAMPLES_METADATA_NAME = 'jhmdb_sentences_samples_metadata.json'
+SAMPLES_METADATA_FORM = 'a JSON list of entries [video_id, frame_path, mask_path, total_frames, query]'
 # How paths are written in a samples-metadata file (the paper's file uses this prefix).
 METADATA_PATH_PREFIX = './jhmdb_sentences'
 DATA_FOLDERS = ('Rename_Images', 'puppet_mask')
@@ -68,8 +70,7 @@ def generate_samples_metadata(root: Path, seed: int) -> List[list]:
     Frames beyond the last mask are not drawn. With seed 42 this reproduces the paper's list.
     """
     annotations_path = require_path(root / 'jhmdb_annotation.txt', 'JHMDB-Sentences text annotations', LAYOUT)
-    with open(annotations_path, newline='') as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(io.StringIO(read_text(annotations_path, 'CSV rows video_id,query'), newline='')))
     if not rows or rows[0] != ['video_id', 'query']:
         raise ValueError(f'{annotations_path}: expected the header video_id,query, got {rows[:1]}')
     check_row_count(annotations_path, len(rows) - 1, FULL_ANNOTATION_ROWS)
@@ -84,8 +85,8 @@ def generate_samples_metadata(root: Path, seed: int) -> List[list]:
         mask_paths = sorted((root / 'puppet_mask').glob(f'*/{video_id}/puppet_mask.mat'))
         if not frame_dirs or not mask_paths:
             missing = root / ('Rename_Images' if not frame_dirs else 'puppet_mask')
-            raise FileNotFoundError(f'{missing}/<action>/{video_id} not found (video of {annotations_path}, line '
-                                    f'{line_number})\nExpected layout:\n{LAYOUT}')
+            raise DatasetLayoutError(f'{missing}/<action>/{video_id} not found (video of {annotations_path}, line '
+                                     f'{line_number})', LAYOUT)
         frame_paths = sorted(frame_dirs[0].glob('*.png'))[:len(read_video_masks(mask_paths[0]))]
         if len(frame_paths) < FRAMES_PER_VIDEO:
             raise ValueError(f'{frame_dirs[0]}: {len(frame_paths)} frames with a mask, at least {FRAMES_PER_VIDEO} '
@@ -131,11 +132,13 @@ class JHMDBSentencesDataset(Dataset):
             entries = generate_samples_metadata(self.root, seed)
             self.samples_metadata_path = self._write_samples_metadata(entries, seed, output_dir, cache_dir)
         else:
-            self.samples_metadata_path = require_path(Path(samples_metadata_path).expanduser(),
+            self.samples_metadata_path = require_file(Path(samples_metadata_path).expanduser(),
                                                       'JHMDB-Sentences samples metadata (samples_metadata_path)',
-                                                      '[[video_id, frame_path, mask_path, total_frames, query], ...]')
-            with open(self.samples_metadata_path) as f:
-                entries = json.load(f)
+                                                      SAMPLES_METADATA_FORM)
+            entries = read_json(self.samples_metadata_path, SAMPLES_METADATA_FORM)
+            if not isinstance(entries, list):
+                raise ValueError(f'{self.samples_metadata_path}: expected {SAMPLES_METADATA_FORM}, got '
+                                 f'{type(entries).__name__}')
         self.samples = self._resolve_samples(entries, self.samples_metadata_path)
 
         mask_paths = sorted({s[2] for s in self.samples})
@@ -154,7 +157,8 @@ class JHMDBSentencesDataset(Dataset):
             path = cache_path(configured_cache_dir, 'jhmdb_sentences', f'samples_metadata_seed{seed}',
                               dataset_path=str(self.root.resolve()))
         if is_main_process():
-            atomic_write(path, lambda f: json.dump(entries, f), mode='w')
+            with writing(path, 'samples metadata file'):
+                atomic_write(path, lambda f: json.dump(entries, f), mode='w')
             print(f'JHMDB-Sentences: drew {len(entries)} samples with seed {seed}, written to {path}')
         return path
 
@@ -162,9 +166,10 @@ class JHMDBSentencesDataset(Dataset):
         check_row_count(path, len(entries), PAPER_SAMPLES, 'samples')
         samples = []
         for entry in entries:
-            if not (isinstance(entry, list) and len(entry) == 5):
-                raise ValueError(f'{path}: expected entries [video_id, frame_path, mask_path, total_frames, query], '
-                                 f'got {entry!r}')
+            if not (isinstance(entry, list) and len(entry) == 5 and isinstance(entry[3], int)
+                    and all(isinstance(entry[i], str) for i in (0, 1, 2, 4))):
+                raise ValueError(f'{path}: expected {SAMPLES_METADATA_FORM} (texts and an integer), got the entry '
+                                 f'{entry!r}')
             video_id, frame_path, mask_path, total_frames, query = entry
             safe_name(video_id, 'video id', path)
             samples.append((video_id, resolve_metadata_path(frame_path, self.root, path),

@@ -25,17 +25,15 @@ from pycocotools import mask as coco_mask
 from tqdm import tqdm
 
 from metrics import mevis_expression_scores, mevis_summary
-from models.postprocessing import ReferYoutubeVOSPostProcess, referred_query_outputs
-from utils import all_gather_lists, atomic_write, is_main_process, safe_name, writing
-from .a2d_sentences import normalize_query
+from models.postprocessing import ReferYoutubeVOSPostProcess
+from utils import all_gather_lists, atomic_write, is_main_process, writing
 from .evaluator import Evaluator
-from .files import (SubsetWarning, cache_path, check_row_count, file_digest, load_or_build_json,
+from .files import (SubsetWarning, cache_path, check_row_count, file_digest, load_or_build_json, read_json,
                     require_dataset_root, require_path, stat_fingerprint)
-from .refer_youtube_vos import VideoExpressionsDataset, read_frame
-from .refer_youtube_vos import read_meta_expressions as read_expressions_json
-from .refer_youtube_vos import windows_of
-from .submission import SubmissionCheck, _mask_problem, expected_mask_names, write_submission_zip
-from .transforms import VideoTransforms, collate_videos, collate_whole_videos
+from .submission import SubmissionCheck, expected_mask_names, mask_problem, write_submission_zip
+from .transforms import VideoTransforms, collate_videos, collate_whole_videos, normalize_query
+from .video_expressions import VideoExpressionsDataset, predicted_masks, read_frame, windows_of, write_expression_masks
+from .video_expressions import read_meta_expressions as read_expressions_json
 
 LAYOUT = """<dataset_path>/
 ├── train/
@@ -54,14 +52,16 @@ SPLITS_WITH_MASKS = ('train', 'valid_u')
 # expressions); other counts only trigger a warning.
 FULL_COUNTS = {'train': (1662, 23051), 'valid_u': (50, 793), 'valid': (140, 2236)}
 FULL_EXPRESSIONS_V2 = {'train': 27502, 'valid_u': 907, 'valid': 2523}
+MASK_DICT_FORM = 'JSON {anno_id: [RLE or null per frame]}'
 
 
 def read_meta_expressions(path: Path, split: str) -> Dict[str, dict]:
     """video -> {"frames": [frame names], "expressions": {exp_id: {"exp", "obj_id", "anno_id"}}} of one split.
 
     Texts are normalised (lower case, single spaces). In train and valid_u `anno_id` (and `obj_id`, when given)
-    must be lists; `anno_id` becomes a list of strings (the keys of mask_dict.json) and may be empty (a
-    version-2 no-target expression). The valid split has neither.
+    must be lists of integers (anno_ids may be their strings); `anno_id` becomes a list of strings (the keys of
+    mask_dict.json) and may be empty (a version-2 no-target expression). The valid split has neither. What does
+    not have this form is an error naming the file, the video and the expression.
     """
     if split not in SPLITS:
         raise ValueError(f'mevis: split must be one of {SPLITS}, got {split!r}')
@@ -70,17 +70,9 @@ def read_meta_expressions(path: Path, split: str) -> Dict[str, dict]:
     for video_id, video in videos.items():
         expressions = {}
         for exp_id, expression in video['expressions'].items():
-            if 'exp' not in expression:
-                raise ValueError(f'{path}: expression {exp_id} of video {video_id} has no "exp"')
             entry = {'exp': normalize_query(expression['exp'])}
             if split in SPLITS_WITH_MASKS:
-                anno_ids = expression.get('anno_id')
-                obj_ids = expression.get('obj_id', [])
-                if not isinstance(anno_ids, list) or not isinstance(obj_ids, list):
-                    raise ValueError(f'{path}: expression {exp_id} of video {video_id} needs "anno_id" (and '
-                                     f'"obj_id") lists, got anno_id={anno_ids!r}, obj_id={obj_ids!r}')
-                entry['obj_id'] = [int(x) for x in obj_ids]
-                entry['anno_id'] = [str(x) for x in anno_ids]
+                entry.update(_object_lists(expression, path, video_id, exp_id))
             expressions[exp_id] = entry
         normalised[video_id] = {'frames': list(video['frames']), 'expressions': expressions}
     num_expressions = sum(len(video['expressions']) for video in normalised.values())
@@ -91,15 +83,28 @@ def read_meta_expressions(path: Path, split: str) -> Dict[str, dict]:
     return normalised
 
 
+def _object_lists(expression: dict, path: Path, video_id: str, exp_id: str) -> dict:
+    """`{'obj_id': [int], 'anno_id': [str]}` of a train or valid_u expression (anno_ids are the keys of
+    mask_dict.json), or an error naming the file, the video and the expression."""
+    anno_ids = expression.get('anno_id')
+    obj_ids = expression.get('obj_id', [])
+    if not isinstance(anno_ids, list) or not isinstance(obj_ids, list):
+        raise ValueError(f'{path}: expression {exp_id} of video {video_id} needs "anno_id" (and "obj_id") lists, '
+                         f'got anno_id={anno_ids!r}, obj_id={obj_ids!r}')
+    for key, values, kinds, expected in (('obj_id', obj_ids, (int,), 'integers'),
+                                         ('anno_id', anno_ids, (int, str), 'integers (or their strings)')):
+        wrong = [value for value in values if isinstance(value, bool) or not isinstance(value, kinds)]
+        if wrong:
+            raise ValueError(f'{path}: expression {exp_id} of video {video_id}: "{key}" holds {wrong[0]!r}; '
+                             f'expected a list of {expected}')
+    return {'obj_id': list(obj_ids), 'anno_id': [str(x) for x in anno_ids]}
+
+
 def read_mask_dict(path: Path) -> Dict[str, list]:
     """anno_id -> [COCO RLE or None per frame], from `mask_dict.json`."""
-    try:
-        with open(path) as f:
-            mask_dict = json.load(f)
-    except ValueError as e:
-        raise ValueError(f'{path}: expected JSON {{anno_id: [RLE or null per frame]}}: {e!r}') from e
+    mask_dict = read_json(path, MASK_DICT_FORM)
     if not isinstance(mask_dict, dict):
-        raise ValueError(f'{path}: expected JSON {{anno_id: [RLE or null per frame]}}, got {type(mask_dict).__name__}')
+        raise ValueError(f'{path}: expected {MASK_DICT_FORM}, got {type(mask_dict).__name__}')
     return mask_dict
 
 
@@ -185,7 +190,8 @@ def split_mask_dict(mask_dict_path: Path, videos: Mapping[str, dict], out_dir: P
     """Write `<out_dir>/<video>.json`, `{anno_id: [RLE or null per frame]}` with the anno_ids of the video's
     expressions, for every video of `videos` (`read_meta_expressions`); returns the video ids."""
     mask_dict = read_mask_dict(mask_dict_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir, 'MeViS mask folder'):
+        out_dir.mkdir(parents=True, exist_ok=True)
     for video_id, video in tqdm(videos.items(), desc='MeViS masks per video', disable=not is_main_process()):
         anno_ids = sorted({anno_id for expression in video['expressions'].values()
                            for anno_id in expression['anno_id']})
@@ -193,7 +199,10 @@ def split_mask_dict(mask_dict_path: Path, videos: Mapping[str, dict], out_dir: P
             video_masks = {anno_id: _object_rles(mask_dict, anno_id, len(video['frames'])) for anno_id in anno_ids}
         except ValueError as e:
             raise ValueError(f'{mask_dict_path}: video {video_id}: {e}') from e
-        atomic_write(out_dir / f'{video_id}.json', lambda f: json.dump(video_masks, f), mode='w')
+        # (a full disk leaves the files written before whole and the index unwritten: the next run splits again)
+        video_path = out_dir / f'{video_id}.json'
+        with writing(video_path, 'MeViS mask file'):
+            atomic_write(video_path, lambda f: json.dump(video_masks, f), mode='w')
     return list(videos)
 
 
@@ -260,8 +269,7 @@ class MeViSDataset(VideoExpressionsDataset):
 
     def video_masks(self, video_id: str) -> Dict[str, list]:
         """`{anno_id: [RLE or None per frame]}` of the objects the video's expressions refer to."""
-        with open(self.masks_dir / f'{video_id}.json') as f:
-            return json.load(f)
+        return read_json(self.masks_dir / f'{video_id}.json', MASK_DICT_FORM)
 
     def target(self, video_id: str, exp_id: str, frame_names: Sequence[str], frame_size: Tuple[int, int]) -> np.ndarray:
         """`[T, H, W]` bool: the expression's target in the frames `frame_names` (train and valid_u)."""
@@ -291,29 +299,6 @@ class MeViSDataset(VideoExpressionsDataset):
 # --------------------------------------------------------------------------------------------------------------
 # evaluators
 
-def predicted_masks(batch, outputs, postprocessor: ReferYoutubeVOSPostProcess):
-    """`(metadata, masks [T, H0, W0] uint8 0/255)` of every expression of an evaluation batch, at the frames'
-    original size, each from its own frames (a shorter video of the batch was padded in time)."""
-    padded_size = batch['samples'].tensors.shape[-2:]
-    for q, metadata in enumerate(batch['videos_metadata']):
-        num_frames = len(metadata['frame_indices'])
-        (prediction,) = postprocessor(referred_query_outputs(outputs, q, num_frames), [metadata], padded_size)
-        yield metadata, prediction['pred_masks'][:, 0].numpy() * 255
-
-
-def write_masks(out_dir: Path, video_id: str, exp_id: str, frame_names: Sequence[str], masks: np.ndarray):
-    """`<out_dir>/<video>/<exp_id>/<frame>.png`, single-channel 0/255 PNGs (the server's format)."""
-    # (the dataset checked these names; an evaluator may be handed other metadata)
-    expression_dir = (out_dir / safe_name(video_id, 'video id', 'the sample metadata')
-                      / safe_name(str(exp_id), 'expression id', 'the sample metadata'))
-    with writing(expression_dir, 'predictions folder'):
-        expression_dir.mkdir(parents=True, exist_ok=True)
-    for frame_name, mask in zip(frame_names, masks):
-        path = expression_dir / f'{safe_name(frame_name, "frame name", "the sample metadata")}.png'
-        with writing(path, 'predicted mask'):
-            Image.fromarray(mask).save(path)
-
-
 class MeViSEvaluator(Evaluator):
     """valid_u: writes each expression's masks as `<out_dir>/<video>/<exp_id>/<frame>.png` and scores them against
     the ground truth as its batch is evaluated; summarize gives J, F and J&F over the expressions of all
@@ -329,7 +314,7 @@ class MeViSEvaluator(Evaluator):
     def update(self, batch, outputs):
         for metadata, masks in predicted_masks(batch, outputs, self.postprocessor):
             video_id, exp_id, frame_names = metadata['video_id'], metadata['exp_id'], metadata['frame_indices']
-            write_masks(self.out_dir, video_id, exp_id, frame_names, masks)
+            write_expression_masks(self.out_dir, video_id, exp_id, frame_names, masks)
             target = self.dataset.target(video_id, exp_id, frame_names, masks.shape[1:])
             self.scores += mevis_expression_scores([(video_id, exp_id, target, masks)]).items()
 
@@ -362,7 +347,8 @@ class MeViSSubmissionEvaluator(Evaluator):
 
     def update(self, batch, outputs):
         for metadata, masks in predicted_masks(batch, outputs, self.postprocessor):
-            write_masks(self.out_dir, metadata['video_id'], metadata['exp_id'], metadata['frame_indices'], masks)
+            write_expression_masks(self.out_dir, metadata['video_id'], metadata['exp_id'], metadata['frame_indices'],
+                                   masks)
             self.expressions += 1
 
     def summarize(self):
@@ -416,7 +402,7 @@ def check_submission_zip(zip_path, meta_path, dataset_root=None, check_masks: bo
             present = [name for name in expected if name in names]
             for name in tqdm(present, desc='checking masks', disable=not show_progress):
                 image = Image.open(io.BytesIO(archive.read(name)))
-                problem = _mask_problem(image, name, frames_dir)
+                problem = mask_problem(image, name, frames_dir)
                 if problem:
                     result.problems.append(f'{name}: {problem}')
     return result

@@ -18,20 +18,18 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from metrics import (REF_DAVIS17_EXPRESSION_SETS, DavisVideoScores, davis_unsupervised_scores_many,
                      ref_davis17_scores)
 from models.postprocessing import referred_query_outputs
-from utils import all_gather_lists, get_rank, get_world_size, is_main_process, safe_name, writing
-from .a2d_sentences import normalize_query
+from utils import all_gather_lists, get_rank, get_world_size, is_main_process, safe_name
 from .evaluator import Evaluator
-from .files import (cache_path, check_row_count, file_digest, load_or_build_json, require_dataset_root,
-                    require_path, stat_fingerprint)
-from .refer_youtube_vos import read_mask, whole_video_item
-from .transforms import VideoTransforms, collate_whole_videos
+from .files import (DatasetLayoutError, cache_path, check_row_count, file_digest, load_or_build_json, read_text,
+                    require_dataset_root, require_path, stat_fingerprint)
+from .transforms import VideoTransforms, collate_whole_videos, normalize_query
+from .video_expressions import read_mask, whole_video_item, write_mask_pngs
 
 LAYOUT = """<dataset_path>/
 ├── DAVIS/                                (DAVIS-2017 trainval 480p, the unsupervised release)
@@ -128,8 +126,8 @@ def read_expressions(text_dir: Path) -> Dict[str, Dict[int, Tuple[Optional[str],
 
 def read_video_list(path: Path) -> List[str]:
     """The video names of an `ImageSets/2017/<split>.txt` file, in file order (each a plain folder name)."""
-    return [safe_name(line.strip(), 'video name', path) for line in Path(path).read_text().splitlines()
-            if line.strip()]
+    return [safe_name(line.strip(), 'video name', path)
+            for line in read_text(path, 'one DAVIS video name a line').splitlines() if line.strip()]
 
 
 def list_frames(video_dir: Path) -> List[str]:
@@ -137,7 +135,7 @@ def list_frames(video_dir: Path) -> List[str]:
     require_path(video_dir, 'DAVIS frame folder', LAYOUT)
     frames = sorted(p.stem for p in Path(video_dir).glob('*.jpg'))
     if not frames:
-        raise ValueError(f'{video_dir}: no .jpg frames\nExpected layout:\n{LAYOUT}')
+        raise DatasetLayoutError(f'DAVIS frames not found: no .jpg file in {video_dir}', LAYOUT)
     return frames
 
 
@@ -213,15 +211,7 @@ def write_label_maps(out_dir, expression_set: int, video_id: str, maps: np.ndarr
     if len(frame_names) != len(maps):
         raise ValueError(f'{len(frame_names)} frame names for {len(maps)} label maps')
     video_dir = Path(out_dir) / f'anno_{int(expression_set)}' / safe_name(video_id, 'video id', 'the label maps')
-    with writing(video_dir, 'label map folder'):
-        video_dir.mkdir(parents=True, exist_ok=True)
-    for frame_name, frame_labels in zip(frame_names, maps):
-        image = Image.fromarray(frame_labels)
-        image.putpalette(DAVIS_PALETTE)  # makes it a palette ('P') image
-        path = video_dir / f'{safe_name(frame_name, "frame name", "the label maps")}.png'
-        with writing(path, 'label map'):
-            image.save(path)
-    return video_dir
+    return write_mask_pngs(video_dir, frame_names, maps, 'label map', palette=DAVIS_PALETTE)
 
 
 def read_label_maps(video_dir: Path) -> Tuple[List[str], np.ndarray]:
@@ -313,8 +303,8 @@ class RefDavis17Dataset(Dataset):
         try:
             frames_fingerprint = stat_fingerprint(video_dirs, self.root)  # a folder's mtime follows its files
         except FileNotFoundError as e:
-            raise FileNotFoundError(f'DAVIS frame folder not found: {e.filename} (a video of {video_list_path})\n'
-                                    f'Expected layout:\n{LAYOUT}') from e
+            raise DatasetLayoutError(f'DAVIS frame folder not found: {e.filename} (a video of {video_list_path})',
+                                     LAYOUT) from e
         records_cache = cache_path(cache_dir, 'ref_davis17', 'val_expressions',
                                    dataset_path=str(self.root.resolve()), text_dir=str(text_dir.resolve()),
                                    video_list=file_digest(video_list_path),

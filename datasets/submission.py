@@ -2,7 +2,8 @@
 
 The server expects `Annotations/<video>/<exp_id>/<frame>.png`, one single-channel 0/255 mask per frame listed in
 `meta_expressions/valid/meta_expressions.json`, at the size of the frame. `PredictionMasks` reads masks in that
-layout from a folder or a zip (also for local scoring, tools/evaluate_refer_youtube_vos.py).
+layout from a folder or a zip (also for local scoring, tools/evaluate_jf.py); `mask_problem` is the check of one
+mask, which MeViS's zip check uses too.
 """
 import io
 import zipfile
@@ -16,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from utils import atomic_write, error_message, safe_name, writing
-from .refer_youtube_vos import read_meta_expressions
+from .video_expressions import read_meta_expressions
 
 ANNOTATIONS_DIR = 'Annotations'
 
@@ -54,6 +55,8 @@ class PredictionMasks:
                                  f'or a zip holding {ANNOTATIONS_DIR}/<video>/<exp_id>/<frame>.png') from error
             self.is_zip = True
             self._prefix, self.names = self._zip_names(self._zip.namelist())
+            self._zip_videos = {entry[len(self._prefix):].split('/', 1)[0] for entry in self._zip.namelist()
+                                if entry.startswith(self._prefix) and '/' in entry[len(self._prefix):]}
         else:
             raise FileNotFoundError(f'predictions not found: {self.path} (expected a folder or a zip holding '
                                     f'{ANNOTATIONS_DIR}/<video>/<exp_id>/<frame>.png)')
@@ -80,6 +83,13 @@ class PredictionMasks:
             else:
                 self.layout_problems.append(f'unexpected zip entry {entry!r}')
         return prefix, names
+
+    def has_video(self, video: str) -> bool:
+        """Whether the predictions hold the video's folder (in a zip: any entry below `<video>/`), even without
+        a mask in it."""
+        if self._zip is not None:
+            return video in self._zip_videos
+        return (self._root / video).exists()
 
     def open(self, name: str) -> Image.Image:
         """The PNG `<video>/<exp_id>/<frame>.png`, loaded; a ValueError names the file (or zip member) that
@@ -199,13 +209,16 @@ def check_submission_zip(zip_path, meta_path, dataset_root=None, exclude_videos:
             except ValueError as error:  # (its message names the zip and the member)
                 result.problems.append(str(error))
                 continue
-            problem = _mask_problem(image, name, frames_dir)
+            problem = mask_problem(image, name, frames_dir)
             if problem:
                 result.problems.append(f'{name}: {problem}')
     return result
 
 
-def _mask_problem(image: Image.Image, name: str, frames_dir: Optional[Path]) -> Optional[str]:
+def mask_problem(image: Image.Image, name: str, frames_dir: Optional[Path]) -> Optional[str]:
+    """What is wrong with the submitted mask `name` (`<video>/<exp_id>/<frame>.png`): not single-channel, values
+    other than 0 and 255, or (with `frames_dir`) not the size of its frame `<frames_dir>/<video>/<frame>.jpg`; None
+    when it is fit for upload."""
     if len(image.getbands()) != 1:
         return f'{len(image.getbands())} channels (mode {image.mode}); expected a single-channel mask'
     values = np.asarray(image)

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import h5py
 import numpy as np
 
-from datasets.video import write_mp4
+from datasets.video_files import write_mp4
 
 # The version of what this module writes; part of the default directory name, so data written by an older
 # generator is never mistaken for the current one.
@@ -116,9 +116,9 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image + texture[..., None]
 
 
-def render_objects(rng: np.random.Generator, spec: SyntheticSpec) -> List[SyntheticObject]:
-    """Objects with distinct colours whose shapes never overlap in any frame and stay inside it."""
-    size, num_frames = spec.frame_size, spec.num_frames
+def place_objects(rng: np.random.Generator, spec, path) -> List[SyntheticObject]:
+    """Objects with distinct colours (`spec.min_objects` to `spec.max_objects`), drawn again until no two overlap in
+    any frame; `path(radius, direction)` draws an object's centres [T, 2] with `rng`."""
     num_objects = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     colours = rng.choice(list(COLOURS), num_objects, replace=False)
     for _ in range(1000):
@@ -127,21 +127,30 @@ def render_objects(rng: np.random.Generator, spec: SyntheticSpec) -> List[Synthe
             size_name = SIZES[int(rng.integers(len(SIZES)))]
             radius = spec.radius_small if size_name == 'small' else spec.radius_big
             direction = list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))]
-            velocity = np.array(DIRECTIONS[direction], dtype=float) * spec.speed
-            travel = velocity * (num_frames - 1)
-            margin = radius * EXTENT + 1
-            low = np.maximum(margin, margin - travel)
-            high = np.minimum(size - margin, size - margin - travel)
-            if np.any(low > high):
-                raise ValueError(f'frame_size {size} is too small for objects of radius {radius} moving '
-                                 f'{spec.speed} px for {num_frames} frames')
-            start = rng.uniform(low, high)
-            centres = start + np.arange(num_frames)[:, None] * velocity
+            centres = path(radius, direction)
             objects.append(SyntheticObject(str(colour), SHAPES[int(rng.integers(len(SHAPES)))], size_name,
                                            direction, centres, radius))
         if _separated(objects):
             return objects
     raise RuntimeError('could not place the objects without overlap; use fewer or smaller objects')
+
+
+def render_objects(rng: np.random.Generator, spec: SyntheticSpec) -> List[SyntheticObject]:
+    """Objects with distinct colours whose shapes never overlap in any frame and stay inside it."""
+    size, num_frames = spec.frame_size, spec.num_frames
+
+    def path(radius, direction):
+        velocity = np.array(DIRECTIONS[direction], dtype=float) * spec.speed
+        travel = velocity * (num_frames - 1)
+        margin = radius * EXTENT + 1
+        low = np.maximum(margin, margin - travel)
+        high = np.minimum(size - margin, size - margin - travel)
+        if np.any(low > high):
+            raise ValueError(f'frame_size {size} is too small for objects of radius {radius} moving '
+                             f'{spec.speed} px for {num_frames} frames')
+        start = rng.uniform(low, high)
+        return start + np.arange(num_frames)[:, None] * velocity
+    return place_objects(rng, spec, path)
 
 
 def _separated(objects: List[SyntheticObject]) -> bool:
@@ -247,6 +256,85 @@ def generate_video(spec: SyntheticSpec, split: str, index: int):
     positions = [f - 1 for f in spec.annotated_frames]
     expressions = [spec.fixed_query or describe(objects, k, positions, rng) for k in range(len(objects))]
     return frames, masks, objects, expressions
+
+
+# --- long videos: objects entering and leaving -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LongVideoSpec:
+    """Test videos longer than a window, for the rules that choose an object query across windows: each object
+    crosses the frame in a straight line, entering and leaving through its edges at its own time, so the objects
+    on screen change during the video. Drawn as the training videos (size, colours, shapes, background)."""
+    seed: int = 0
+    num_frames: int = 48
+    frame_size: int = 64
+    min_objects: int = 2
+    max_objects: int = 3
+    min_speed: float = 1.5  # pixels per frame
+    max_speed: float = 3.0
+    radius_small: float = 7.0
+    radius_big: float = 10.0
+
+
+def long_video_objects(rng: np.random.Generator, spec: LongVideoSpec) -> List[SyntheticObject]:
+    """Objects with distinct colours, each crossing the frame (from outside it to outside it) in a straight line,
+    visible during a part of the video, never overlapping another."""
+    size, num_frames = spec.frame_size, spec.num_frames
+
+    def path(radius, direction):
+        unit = np.array(DIRECTIONS[direction], dtype=float)
+        speed = rng.uniform(spec.min_speed, spec.max_speed)
+        outside = radius * EXTENT + 1  # the centre's distance beyond an edge at which the shape is out of frame
+        crossing = (size + 2 * outside) / speed  # frames from entering to having left
+        enter = rng.uniform(-0.5 * crossing, num_frames - 0.5 * crossing)  # (time of entering, may be < 0)
+        across = rng.uniform(outside, size - outside)  # the other coordinate, constant
+        along = -outside + (np.arange(num_frames) - enter) * speed  # distance travelled along the direction
+        position = np.where(unit.sum() > 0, along, size - along)  # right/down from 0, left/up from the far edge
+        return np.stack([position, np.full(num_frames, across)], axis=1) if unit[0] else \
+            np.stack([np.full(num_frames, across), position], axis=1)
+    return place_objects(rng, spec, path)
+
+
+def generate_long_video(spec: LongVideoSpec, index: int):
+    """(frames [T, H, W, 3] uint8, masks [objects, T, H, W] bool, objects, expressions) of long test video
+    `index`: an expression per object naming its colour and shape (what the colours of a video make unique)."""
+    rng = np.random.default_rng([spec.seed, 2, index])
+    objects = long_video_objects(rng, spec)
+    render_spec = SyntheticSpec(frame_size=spec.frame_size, num_frames=spec.num_frames)
+    frames, masks = render_video(rng, objects, render_spec)
+    expressions = [f'the {obj.colour} {obj.shape}' for obj in objects]
+    return frames, masks, objects, expressions
+
+
+def long_video_id(index: int) -> str:
+    return f'synlong{index:05d}'
+
+
+def write_long_videos(root, spec: LongVideoSpec, count: int, progress: bool = True) -> Path:
+    """`count` long test videos under `root` (which must not exist): `videos/<id>.mp4`, the list `videos.jsonl`
+    that inference.py --videos takes (the expressions as queries), and the ground truth
+    `masks/<id>/<object>/<frame>.png` (0/255; object k is the k-th query)."""
+    root = Path(root)
+    if root.exists():
+        raise FileExistsError(f'{root} exists; write_long_videos writes a new directory')
+    from PIL import Image
+    from tqdm import tqdm
+    (root / 'videos').mkdir(parents=True)
+    lines = []
+    for index in tqdm(range(count), desc='writing long synthetic videos', disable=not progress, dynamic_ncols=True):
+        vid = long_video_id(index)
+        frames, masks, _, expressions = generate_long_video(spec, index)
+        write_clip(root / 'videos' / f'{vid}.mp4', frames)
+        for k, object_masks in enumerate(masks):
+            (root / 'masks' / vid / str(k)).mkdir(parents=True)
+            for t, mask in enumerate(object_masks):
+                Image.fromarray(mask.astype(np.uint8) * 255).save(root / 'masks' / vid / str(k) / f'{t:06d}.png')
+        lines.append(json.dumps({'video': str((root / 'videos' / f'{vid}.mp4').resolve()), 'queries': expressions,
+                                 'name': vid}))
+    (root / 'videos.jsonl').write_text('\n'.join(lines) + '\n')
+    (root / 'long_videos.json').write_text(json.dumps({**dataclasses.asdict(spec), 'count': count,
+                                                       'generator_version': GENERATOR_VERSION}, indent=2))
+    return root
 
 
 def write_synthetic_dataset(root, spec: SyntheticSpec = SyntheticSpec(), progress: bool = True) -> Path:

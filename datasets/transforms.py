@@ -1,4 +1,5 @@
-"""Transforms shared by the three datasets, and the collator that batches their samples.
+"""Transforms shared by the datasets (of frames, masks and text queries), and the collator that batches their
+samples.
 
 A sample is `(frames, targets, text_query)`: `frames` a list of T PIL images, `targets` a list of T entries
 (a dict for an annotated frame, None otherwise). Target dicts carry `masks` `[N, H, W]`, `size` and optionally
@@ -22,6 +23,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # `left`/`right` at the start of a word: swaps "leftmost" too, but not "bright" or "upright".
 _LEFT_RIGHT = re.compile(r'\b(left|right)')
+
+
+def normalize_query(text_query: str) -> str:
+    """Lower case, single spaces: the form every dataset gives its text queries."""
+    return ' '.join(text_query.lower().split())
 
 
 def swap_left_right(text_query: str) -> str:

@@ -6,6 +6,7 @@ Frames show their index (`fake_datasets.index_frame`); objects are the moving re
 
     info = make_ref_davis17_dataset(tmp_path / 'ref_davis17', shared_dir)
     info = make_mevis_dataset(tmp_path / 'mevis', shared_dir)
+    split_dir = write_mevis_split(tmp_path / 'mevis', 'valid_u', videos)   # hand-made, no real data needed
 """
 import json
 from collections import OrderedDict
@@ -164,6 +165,34 @@ def make_mevis_dataset(root, shared_dir, num_videos: int = 2, expressions_per_vi
         if split != 'valid':
             (root / split / 'mask_dict.json').write_text(json.dumps(mask_dict))
     return info
+
+
+def write_mevis_split(root, split: str, videos: Dict[str, dict]) -> Path:
+    """One MeViS split, `<root>/<split>/`, from a hand-made description, for cases whose scores are worked out by
+    hand: `videos[video] = {'frames': [frame names], 'objects': {anno_id: [[H, W] bool mask or None per frame]},
+    'expressions': {exp_id: (text, [anno_ids])}}`. Frames are index frames of the masks' size (FRAME_HEIGHT x
+    FRAME_WIDTH without objects); mask_dict.json holds the objects as RLEs (the valid split has none, and its
+    expressions no ids). Returns the split's folder."""
+    split_dir = Path(root) / split
+    meta, mask_dict = {}, {}
+    for video, entry in videos.items():
+        objects = entry.get('objects', {})
+        masks = [mask for per_frame in objects.values() for mask in per_frame if mask is not None]
+        height, width = masks[0].shape if masks else (FRAME_HEIGHT, FRAME_WIDTH)
+        video_dir = split_dir / 'JPEGImages' / video
+        video_dir.mkdir(parents=True)
+        for position, name in enumerate(entry['frames']):
+            Image.fromarray(index_frame(position, width, height)).save(video_dir / f'{name}.jpg', quality=95)
+        mask_dict.update({str(anno_id): [None if mask is None else rle(mask) for mask in per_frame]
+                          for anno_id, per_frame in objects.items()})
+        meta[video] = {'frames': list(entry['frames']), 'expressions': {
+            exp_id: {'exp': text} if split == 'valid' else
+            {'exp': text, 'obj_id': list(range(len(anno_ids))), 'anno_id': list(anno_ids)}
+            for exp_id, (text, anno_ids) in entry['expressions'].items()}}
+    (split_dir / 'meta_expressions.json').write_text(json.dumps({'videos': meta}))
+    if split != 'valid':
+        (split_dir / 'mask_dict.json').write_text(json.dumps(mask_dict))
+    return split_dir
 
 
 def mevis_target(info: FakeBenchmark, split: str, video: str, exp_id: str) -> np.ndarray:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from config import Config
-from datasets.video import write_mp4
+from datasets.video_files import write_mp4
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 FRAME_WIDTH, FRAME_HEIGHT = 96, 64
@@ -281,3 +281,15 @@ def make_ref_youtube_vos_dataset(root, train_videos=None, valid_videos=None, tes
         (root / 'meta_expressions' / split / 'meta_expressions.json').write_text(json.dumps({'videos': meta}))
     return FakeDataset(root, num_frames={**{v: s[0] for v, s in train_videos.items()}, **valid_videos},
                        mask=ytvos_mask)
+
+
+def square_video_item(index: int, image_set: str, size: int = 32):
+    """A made-up dataset's item: 4 frames with a white square whose place depends on `index`, query 'the square',
+    the middle frame annotated (tests registering their own dataset: test_extending, test_resume_and_workers)."""
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    top = 4 + 3 * (index % 5)
+    mask[top:top + 10, 8:20] = True
+    video = mask.float()[None, None].expand(4, 3, size, size).clone()  # [T, 3, H, W]
+    target = {'masks': mask[None], 'referred_instance_idx': torch.tensor(0), 'size': torch.tensor([size, size]),
+              'orig_size': (size, size), 'image_id': f'{image_set}_{index}'}
+    return video, [None, None, target, None], 'the square'

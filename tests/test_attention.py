@@ -10,15 +10,18 @@ from models import attention
 @pytest.mark.parametrize('windows_per_chunk', [2, 5])
 @pytest.mark.parametrize('shift_as_constant', [False, True])
 def test_attention_with_mask_gradient_equals_scaled_dot_product_attention(monkeypatch, mask_shape,
-                                                                          windows_per_chunk, shift_as_constant):
+                                                                          windows_per_chunk, shift_as_constant,
+                                                                          device):
     """Outputs and all 4 gradients, with the mask broadcast over windows and/or heads, a shift mask added to it
-    or passed as the constant, and the backward pass in chunks of 2 windows (the last one short) or in one."""
+    or passed as the constant, and the backward pass in chunks of 2 windows (the last one short) or in one. On
+    CUDA, PyTorch's kernels give the mask a gradient (the window attention's path there): this checks it too."""
     monkeypatch.setattr(attention, 'ATTENTION_CHUNK_BYTES', windows_per_chunk * 3 * 16 * 16 * 4)
     torch.manual_seed(7)
-    q, k, v = (torch.randn(5, 3, 16, 8, requires_grad=True) for _ in range(3))
-    bias = torch.randn(*mask_shape, 16, 16, requires_grad=True)
+    q, k, v = (torch.randn(5, 3, 16, 8).to(device).requires_grad_() for _ in range(3))
+    bias = torch.randn(*mask_shape, 16, 16).to(device).requires_grad_()
     shift = torch.zeros(mask_shape[0], 1, 16, 16).masked_fill(torch.rand(mask_shape[0], 1, 16, 16) < 0.3, -100.0)
-    gradient = torch.randn(5, 3, 16, 8)
+    shift = shift.to(device)
+    gradient = torch.randn(5, 3, 16, 8).to(device)
     if shift_as_constant:
         ours = attention.attention_with_mask_gradient(q, k, v, bias, shift)
     else:

@@ -1,6 +1,8 @@
 import pytest
 
-from config import Config, load_config, parse_override, read_config_file
+from config import load_config, parse_override, read_config_file
+from engine.run_config import load_run_config
+from utils import UsageError
 
 CONFIGS = ['configs/a2d_sentences.yaml', 'configs/jhmdb_sentences.yaml', 'configs/refer_youtube_vos.yaml']
 
@@ -49,6 +51,6 @@ def test_int_accepted_for_float_and_strings_stay_strings():
     assert parse_override('checkpoint_path=null') == ('checkpoint_path', None)
 
 
-def test_invalid_dataset_name():
-    with pytest.raises(ValueError, match='dataset_name'):
-        Config(dataset_name='coco')
+def test_an_unknown_dataset_name_is_refused_by_the_registry_when_the_run_config_is_built():
+    with pytest.raises(UsageError, match="dataset_name: 'coco' is not one of 'a2d_sentences'"):
+        load_run_config(CONFIGS[0], ['dataset_name=coco'], running_mode='train')

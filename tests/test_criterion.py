@@ -1,6 +1,5 @@
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,24 +7,25 @@ import torch
 from config import load_config
 from models.criterion import SetCriterion, build, build_weight_dict
 from models.matcher import HungarianMatcher
+from tests.helpers import A2D_CONFIG, to_device
 
-CONFIG_PATH = Path(__file__).resolve().parents[1] / 'configs' / 'a2d_sentences.yaml'
 LOSS_NAMES = ('loss_is_referred', 'loss_dice', 'loss_sigmoid_focal')
 EOS_COEF = 0.1
 
 
 def criterion_from_config(*overrides):
-    return build(load_config(CONFIG_PATH, list(overrides)))
+    return build(load_config(A2D_CONFIG, list(overrides)))
 
 
 def weighted_total(losses, weight_dict):
     return sum(losses[name] * weight_dict[name] for name in losses)
 
 
-def detached_copy(outputs, requires_grad=False, dtype=None):
-    """A deep copy of the golden outputs (the golden dict is shared by all tests and must stay untouched)."""
+def detached_copy(outputs, device, requires_grad=False, dtype=None):
+    """A deep copy of the golden outputs on `device` (the golden dict is shared by all tests and must stay
+    untouched)."""
     def copy_tensor(t):
-        t = t.detach().clone().to(dtype or t.dtype)
+        t = t.detach().clone().to(device, dtype or t.dtype)
         return t.requires_grad_(requires_grad)
     result = {k: copy_tensor(v) for k, v in outputs.items() if k != 'aux_outputs'}
     result['aux_outputs'] = [{k: copy_tensor(v) for k, v in aux.items()} for aux in outputs['aux_outputs']]
@@ -36,10 +36,10 @@ def detached_copy(outputs, requires_grad=False, dtype=None):
 
 
 @pytest.mark.parametrize('dataset', ['a2d', 'ytvos'])
-def test_losses_match_the_original(golden, dataset):
+def test_losses_match_the_original(golden, dataset, device):
     case = golden['criterion'][dataset]
     criterion = criterion_from_config()
-    losses = criterion(golden['cases'][case['case']]['outputs'], case['targets'])
+    losses = criterion(to_device(golden['cases'][case['case']]['outputs'], device), to_device(case['targets'], device))
     assert set(losses) == set(case['losses'])
     for name, expected in case['losses'].items():
         assert losses[name].item() == pytest.approx(expected.item(), rel=1e-5), name
@@ -53,21 +53,21 @@ def test_weight_dict_matches_the_original(golden):
 
 
 def test_weight_dict_follows_the_config():
-    config = load_config(CONFIG_PATH, ['num_decoder_layers=4', 'dice_loss_coef=3'])
+    config = load_config(A2D_CONFIG, ['num_decoder_layers=4', 'dice_loss_coef=3'])
     weight_dict = build_weight_dict(config)
     assert set(weight_dict) == {f'{n}{s}' for n in LOSS_NAMES for s in ('', '_0', '_1', '_2')}
     assert weight_dict['loss_dice_2'] == 3 and weight_dict['loss_is_referred_1'] == 2
-    config = load_config(CONFIG_PATH, ['aux_loss=false'])
+    config = load_config(A2D_CONFIG, ['aux_loss=false'])
     assert set(build_weight_dict(config)) == set(LOSS_NAMES)
 
 
 # ---------------------------------------------------------------- behaviour beyond the original
 
 
-def test_does_not_mutate_its_inputs(golden):
+def test_does_not_mutate_its_inputs(golden, device):
     case = golden['criterion']['ytvos']
-    outputs = detached_copy(golden['cases'][case['case']]['outputs'])
-    targets = copy.deepcopy(case['targets'])
+    outputs = detached_copy(golden['cases'][case['case']]['outputs'], device)
+    targets = to_device(copy.deepcopy(case['targets']), device)
     before_outputs, before_targets = copy.deepcopy(outputs), copy.deepcopy(targets)
     tensor_ids = {k: id(v) for k, v in outputs.items() if k != 'aux_outputs'}
     criterion_from_config()(outputs, targets)
@@ -85,25 +85,29 @@ def test_does_not_mutate_its_inputs(golden):
                 assert torch.equal(value, video_before[key]) if torch.is_tensor(value) else value == video_before[key]
 
 
-def test_gradients_reach_every_prediction(golden):
+def test_gradients_reach_every_prediction(golden, device):
     case = golden['criterion']['a2d']
-    outputs = detached_copy(golden['cases'][case['case']]['outputs'], requires_grad=True)
+    outputs = detached_copy(golden['cases'][case['case']]['outputs'], device, requires_grad=True)
     criterion = criterion_from_config()
-    weighted_total(criterion(outputs, case['targets']), criterion.weight_dict).backward()
+    weighted_total(criterion(outputs, to_device(case['targets'], device)), criterion.weight_dict).backward()
     for layer in [outputs] + outputs['aux_outputs']:
         for key in ('pred_masks', 'pred_is_referred'):
             grad = layer[key].grad
             assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, key
 
 
-def test_runs_under_bfloat16_autocast(golden):
+def test_runs_under_bfloat16_autocast(golden, device):
+    if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+        pytest.skip(f'{torch.cuda.get_device_name(device)} has no bf16 support')
     case = golden['criterion']['a2d']
-    reference = criterion_from_config()(golden['cases'][case['case']]['outputs'], case['targets'])
+    targets = to_device(case['targets'], device)
+    reference = criterion_from_config()(to_device(golden['cases'][case['case']]['outputs'], device), targets)
     # as a model under autocast would hand them over: bf16 predictions that require grad
-    outputs = detached_copy(golden['cases'][case['case']]['outputs'], requires_grad=True, dtype=torch.bfloat16)
+    outputs = detached_copy(golden['cases'][case['case']]['outputs'], device, requires_grad=True,
+                            dtype=torch.bfloat16)
     criterion = criterion_from_config()
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        losses = criterion(outputs, case['targets'])
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        losses = criterion(outputs, targets)
         total = weighted_total(losses, criterion.weight_dict)
     assert set(losses) == set(reference)
     for name, value in losses.items():
@@ -188,12 +192,12 @@ def single_layer_criterion():
                         {'loss_is_referred': 2, 'loss_dice': 5, 'loss_sigmoid_focal': 2}, eos_coef=EOS_COEF)
 
 
-def test_mixed_batch_of_one_and_five_objects():
+def test_mixed_batch_of_one_and_five_objects(device):
     planted = [{4: 0}, {6: 0, 0: 1, 3: 2, 1: 3, 5: 4}]
     referred = [0, 3]
     sizes = [(6, 10), (8, 7)]  # different sizes: targets are padded to 8 x 10
     outputs, targets, all_masks = planted_case((1, 5), planted, referred, None, sizes, num_queries=7, num_frames=2)
-    losses = single_layer_criterion()(outputs, targets)
+    losses = single_layer_criterion()(to_device(outputs, device), to_device(targets, device))
     focal, dice = expected_mask_losses(all_masks, (8, 10))
     assert losses['loss_sigmoid_focal'].item() == pytest.approx(focal, rel=1e-5)
     assert losses['loss_dice'].item() == pytest.approx(dice, rel=1e-5)
@@ -202,20 +206,21 @@ def test_mixed_batch_of_one_and_five_objects():
 
 
 @pytest.mark.parametrize('visible', [[[0, 0, 0]], [[1, 0, 1]], [[1, 1, 1]]], ids=['never', 'frames0and2', 'always'])
-def test_reference_loss_follows_visibility(visible):
+def test_reference_loss_follows_visibility(visible, device):
     planted = [{2: 0, 0: 1, 3: 2}]
     outputs, targets, _ = planted_case((3,), planted, [1], visible, [(6, 6)], num_queries=4, num_frames=3)
-    losses = single_layer_criterion()(outputs, targets)
+    losses = single_layer_criterion()(to_device(outputs, device), to_device(targets, device))
     expected = expected_reference_loss(outputs['pred_is_referred'], planted, [1], visible)
     assert losses['loss_is_referred'].item() == pytest.approx(expected, rel=1e-5)
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_referred_object_invisible_in_every_frame_has_no_referred_target():
+def test_referred_object_invisible_in_every_frame_has_no_referred_target(device):
     # with the referred object invisible throughout, raising its query's 'referred' logit must raise the loss
     planted = [{2: 0, 0: 1}]
     never = [[0, 0]]
     outputs, targets, _ = planted_case((2,), planted, [1], never, [(6, 6)], num_queries=3, num_frames=2)
+    outputs, targets = to_device(outputs, device), to_device(targets, device)
     criterion = single_layer_criterion()
     base = criterion(outputs, targets)['loss_is_referred']
     outputs['pred_is_referred'][:, :, 0, 0] += 2.0  # query 0 is matched to the referred object 1

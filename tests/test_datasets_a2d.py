@@ -2,7 +2,6 @@ import csv
 import random
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +11,12 @@ from pycocotools.coco import COCO
 from datasets import build_dataset
 from datasets import a2d_sentences
 from datasets.a2d_sentences import ClipReader, read_text_annotations
-from datasets.files import SubsetWarning
+from datasets.files import DatasetLayoutError, SubsetWarning
 from tests.fake_datasets import (A2D_VIDEOS, a2d_mask, dataset_config, frame_index, make_a2d_dataset, write_a2d_h5,
                                  write_index_clip)
+from tests.helpers import SHARED_DIR
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared'
-REAL_A2D = SHARED / 'data' / 'real' / 'a2d_sentences'
+REAL_A2D = SHARED_DIR / 'data' / 'real' / 'a2d_sentences'
 WINDOW = 8
 
 pytestmark = pytest.mark.filterwarnings('ignore::datasets.files.SubsetWarning')
@@ -255,15 +254,16 @@ def test_missing_root(tmp_path):
     ('text_annotations/a2d_missed_videos.txt', 'missed-videos list not found: .*a2d_missed_videos.txt'),
     ('text_annotations/a2d_annotation_with_instances', 'mask folder not found: .*a2d_annotation_with_instances'),
     ('Release/clips320H', 'A2D video folder not found: .*clips320H.*CLIPS320'),
-    ('Release/clips320H/trainvid002.mp4', '1 A2D videos not found:\n  .*trainvid002.mp4'),
+    ('Release/clips320H/trainvid002.mp4', '1 A2D videos not found: .*trainvid002.mp4'),
     ('text_annotations/a2d_annotation_with_instances/trainvid001', '1 A2D-Sentences mask folders not found'),
 ])
 def test_missing_file_or_folder_is_named_with_the_layout(fake_copy, tmp_path, relative, message):
     path = fake_copy / relative
     shutil.rmtree(path) if path.is_dir() else path.unlink()
-    with pytest.raises(FileNotFoundError, match=message) as error:
+    with pytest.raises(DatasetLayoutError, match=message) as error:
         build_dataset('train', **a2d_config(fake_copy, tmp_path / 'cache'))
-    assert 'Expected layout' in str(error.value) and 'a2d_annotation_with_instances' in str(error.value)
+    assert '\n' not in str(error.value) and str(error.value).endswith('(the expected layout is printed above)')
+    assert 'a2d_annotation_with_instances' in error.value.layout
 
 
 def test_videoset_with_a_header_is_rejected(fake_copy, tmp_path):

@@ -12,12 +12,12 @@ import torch
 from pycocotools.coco import COCO
 
 from datasets import build_dataset
-from datasets.files import SubsetWarning
+from datasets.files import DatasetLayoutError, SubsetWarning
 from tests.fake_datasets import JHMDB_VIDEOS, dataset_config, frame_index, jhmdb_metadata_entry, make_jhmdb_dataset
+from tests.helpers import SHARED_DIR
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared'
-PAPER_METADATA = SHARED / 'data' / 'jhmdb_sentences_samples_metadata.json'
-REAL_JHMDB = SHARED / 'data' / 'real' / 'jhmdb_sentences'
+PAPER_METADATA = SHARED_DIR / 'data' / 'jhmdb_sentences_samples_metadata.json'
+REAL_JHMDB = SHARED_DIR / 'data' / 'real' / 'jhmdb_sentences'
 WINDOW = 8
 
 pytestmark = pytest.mark.filterwarnings('ignore::datasets.files.SubsetWarning')
@@ -142,9 +142,9 @@ def test_missing_file_or_folder(fake, tmp_path, relative, message):
     shutil.copytree(fake.root, root)
     path = root / relative
     shutil.rmtree(path) if path.is_dir() else path.unlink()
-    with pytest.raises(FileNotFoundError, match=message) as error:
+    with pytest.raises(DatasetLayoutError, match=message) as error:
         build_dataset('test', **jhmdb_config(root, tmp_path))
-    assert 'Expected layout' in str(error.value)
+    assert '\n' not in str(error.value) and 'puppet_mask.mat' in error.value.layout
 
 
 def test_missing_metadata_file(fake, tmp_path):
@@ -155,7 +155,7 @@ def test_missing_metadata_file(fake, tmp_path):
 def test_metadata_of_another_dataset_path(fake, tmp_path):
     other = jhmdb_metadata_entry('other_video', 1, 9, 'q', videos={'other_video': ('run',)})
     metadata = write_metadata(tmp_path / 'm.json', [jhmdb_metadata_entry('brush_vid_1', 1, 10, 'q'), other])
-    with pytest.raises(FileNotFoundError, match=r'1 JHMDB frame folders listed in .*m.json not found:\n .*other_video'):
+    with pytest.raises(FileNotFoundError, match=r'1 JHMDB frame folders listed in .*m.json not found: .*other_video'):
         build_dataset('test', **jhmdb_config(fake.root, tmp_path, samples_metadata_path=metadata))
 
 
@@ -179,7 +179,7 @@ def real_root(tmp_path_factory):
     """The real masks and annotations, with empty files standing in for the frames, and a cache directory
     shared by the tests using them (the ground truth of the paper's list is built once)."""
     if not (PAPER_METADATA.is_file() and REAL_JHMDB.is_dir()):
-        pytest.skip(f'real JHMDB files not found under {SHARED / "data"}')
+        pytest.skip(f'real JHMDB files not found under {SHARED_DIR / "data"}')
     root = tmp_path_factory.mktemp('real_jhmdb') / 'jhmdb_sentences'
     root.mkdir()
     os.symlink(REAL_JHMDB / 'puppet_mask', root / 'puppet_mask')

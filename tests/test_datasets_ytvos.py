@@ -3,7 +3,6 @@ import os
 import random
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,13 +10,13 @@ import torch
 from PIL import Image
 
 from datasets import build_dataset, refer_youtube_vos
-from datasets.files import SubsetWarning
-from datasets.refer_youtube_vos import windows_of
+from datasets.files import DatasetLayoutError, SubsetWarning
+from datasets.video_expressions import windows_of
 from tests.fake_datasets import (YTVOS_TRAIN_VIDEOS, dataset_config, frame_index, make_ref_youtube_vos_dataset,
                                  write_palette_png, ytvos_frame_names, ytvos_mask)
+from tests.helpers import SHARED_DIR
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared'
-REAL_VALID_META = SHARED / 'data/real/refer_youtube_vos/meta_expressions/valid/meta_expressions.json'
+REAL_VALID_META = SHARED_DIR / 'data/real/refer_youtube_vos/meta_expressions/valid/meta_expressions.json'
 WINDOW = 4
 
 pytestmark = pytest.mark.filterwarnings('ignore::datasets.files.SubsetWarning')
@@ -197,9 +196,9 @@ def test_missing_root(tmp_path):
 def test_missing_file_or_folder(fake_copy, tmp_path, image_set, relative, message):
     path = fake_copy / relative
     shutil.rmtree(path) if path.is_dir() else path.unlink()
-    with pytest.raises(FileNotFoundError, match=message) as error:
+    with pytest.raises(DatasetLayoutError, match=message) as error:
         build_dataset(image_set, **ytvos_config(fake_copy, tmp_path))
-    assert 'Expected layout' in str(error.value)
+    assert '\n' not in str(error.value) and 'meta_expressions/' in error.value.layout
 
 
 def test_rgb_mask_is_refused_with_its_name(fake_copy, tmp_path):

@@ -1,5 +1,6 @@
 """demo.py as a page's users reach it: through HTTP, with gradio_client, against the app served on 127.0.0.1 by
-the test, with the tiny MTTR of tests/test_inference.py (deterministic weights) on generated clips."""
+the test, with the tiny MTTR of `helpers.tiny_model_files` (the `tiny_demo` fixture: seeded random weights) on
+generated clips."""
 import io
 import os
 import signal
@@ -10,7 +11,6 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from pathlib import Path
 from unittest import mock
 
 import av
@@ -20,8 +20,10 @@ from PIL import Image
 
 import demo
 import inference
-from datasets import video as video_io
-from tests.test_inference import YTVOS_CONFIG, read_mp4, tiny_model_files, video_frames, write_mp4
+from video_inference import overlays, results, sources
+from tests.helpers import (DEMO_FPS as FPS, DEMO_HEIGHT as HEIGHT, DEMO_NUM_FRAMES as NUM_FRAMES,
+                           DEMO_QUERIES as QUERIES, DEMO_WIDTH as WIDTH, REPO, YTVOS_CONFIG, read_mp4, start_server,
+                           video_frames, write_mp4)
 
 try:  # the demo's requirements (requirements-demo.txt) bring them
     import gradio_client
@@ -33,51 +35,10 @@ needs_gradio = pytest.mark.skipif(demo.MISSING_DEPENDENCY is not None or gradio_
                                   reason='the demo\'s requirements are missing: pip install -r requirements-demo.txt')
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning:gradio.*')  # Gradio's use of pandas 3
 
-REPO = Path(__file__).resolve().parents[1]
-NUM_FRAMES, HEIGHT, WIDTH, FPS = 24, 100, 150, 25
-QUERIES = ['the red box', 'the background on the right']
-LIMITS = demo.Limits(max_upload_mb=5, max_video_seconds=2.5, max_frames=40, max_queries=3)
-
-
-class RecordingSegmenter:
-    """A VideoSegmenter that records when each request ran and can wait after each window (to keep a request
-    running while another one arrives)."""
-
-    def __init__(self, segmenter):
-        self.segmenter, self.window_delay, self.intervals = segmenter, 0.0, []
-
-    def segment(self, frames, queries, window_size, scratch_dir, object_query=None, progress=None):
-        def after_window(done, total):
-            time.sleep(self.window_delay)
-            progress(done, total)
-        began = time.monotonic()
-        try:
-            return self.segmenter.segment(frames, queries, window_size, scratch_dir, object_query, after_window)
-        finally:
-            self.intervals.append((began, time.monotonic()))
-
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory, shared_dir):
-    """(root, checkpoint, config overrides, a 24-frame clip)."""
-    root = tmp_path_factory.mktemp('demo')
-    checkpoint, overrides = tiny_model_files(root, shared_dir)
-    video = write_mp4(root / 'clip.mp4', video_frames(NUM_FRAMES, HEIGHT, WIDTH), fps=FPS)
-    return root, checkpoint, overrides, video
-
-
-def start_server(work_dir, checkpoint, overrides, limits=LIMITS, examples=None):
-    """The page on 127.0.0.1 (a free port from 7860 on); returns (app, its address, the recording segmenter)."""
-    config = demo.load_inference_config(YTVOS_CONFIG, checkpoint, overrides, cpu=True)
-    segmenter = RecordingSegmenter(demo.VideoSegmenter.from_checkpoint(config, checkpoint))
-    app = demo.build_app(segmenter, limits, Path(work_dir), 12, examples)
-    url = demo.launch_app(app, limits, port=None)
-    return app, url, segmenter
-
-
-@pytest.fixture(scope='module')
-def server(tiny, tmp_path_factory):
-    _, checkpoint, overrides, _ = tiny
+def server(tiny_demo, tmp_path_factory):
+    _, checkpoint, overrides, _ = tiny_demo
     work_dir = tmp_path_factory.mktemp('demo_server')
     with mock.patch.dict(os.environ):  # build_app sets GRADIO_TEMP_DIR
         app, url, segmenter = start_server(work_dir, checkpoint, overrides)
@@ -92,6 +53,39 @@ def segment(url, video, queries, window_size=12, start=0, end=None):
                           end, api_name='/segment')
 
 
+def write_clip_with_sound(path, frames, fps, seconds_of_sound):
+    """An mp4 of `frames` with an AAC track: a 440 Hz tone of `seconds_of_sound`."""
+    rate = 22050
+    with av.open(str(path), 'w') as container:
+        video = container.add_stream('libx264', rate=fps)
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
+        audio = container.add_stream('aac', rate=rate, layout='mono')
+        for frame in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
+        container.mux(video.encode(None))
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds_of_sound)) / rate)).astype(np.float32)
+        for start in range(0, len(tone), 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 1024].copy(), format='fltp', layout='mono')
+            chunk.sample_rate, chunk.pts = rate, start
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode(None))
+    return path
+
+
+@needs_gradio
+@pytest.mark.slow
+def test_the_overlay_keeps_the_sound_of_the_part_segmented(server, tmp_path):
+    url, _, _ = server
+    video = write_clip_with_sound(tmp_path / 'with_sound.mp4', video_frames(NUM_FRAMES, HEIGHT, WIDTH), FPS,
+                                  NUM_FRAMES / FPS)
+    overlay, _, _, _ = segment(url, video, QUERIES[:1], window_size=8, start=0.2, end=0.8)
+    path = overlay['video'] if isinstance(overlay, dict) else overlay
+    with av.open(str(path)) as container:
+        (sound,) = container.streams.audio
+        seconds = sum(frame.samples for frame in container.decode(sound)) / sound.rate
+    assert seconds == pytest.approx(0.6, abs=0.1)  # the sound of 0.2-0.8 s, as the frames
+
+
 def read_zip_masks(path):
     with zipfile.ZipFile(path) as archive:
         return {name: np.array(Image.open(io.BytesIO(archive.read(name)))) for name in archive.namelist()}
@@ -99,8 +93,8 @@ def read_zip_masks(path):
 
 @needs_gradio
 @pytest.mark.slow
-def test_the_zip_holds_the_masks_inference_writes(tiny, server, tmp_path):
-    root, checkpoint, overrides, video = tiny
+def test_the_zip_holds_the_masks_inference_writes(tiny_demo, server, tmp_path):
+    root, checkpoint, overrides, video = tiny_demo
     url, _, _ = server
     overlay, plot, masks_zip, summary = segment(url, video, QUERIES, window_size=8)
     argv = ['-c', str(YTVOS_CONFIG), '-ckpt', str(checkpoint), '--video', str(video), '-o', str(tmp_path / 'cli'),
@@ -109,7 +103,7 @@ def test_the_zip_holds_the_masks_inference_writes(tiny, server, tmp_path):
     inference.main(argv)
     expected = {}
     for index, query in enumerate(QUERIES):
-        folder = video_io.query_folder_name(index, query)
+        folder = results.query_folder_name(index, query)
         for path in sorted((tmp_path / 'cli' / folder / 'masks').glob('*.png')):
             expected[f'{folder}/{path.name}'] = np.array(Image.open(path))
     ours = read_zip_masks(masks_zip['value'] if isinstance(masks_zip, dict) else masks_zip)
@@ -123,14 +117,15 @@ def test_the_zip_holds_the_masks_inference_writes(tiny, server, tmp_path):
     assert frames.shape[0] == NUM_FRAMES and frames.shape[2] == 3 * WIDTH and frames.shape[1] > 3 * HEIGHT
     assert rate == FPS
     assert Image.open(plot).format == 'PNG'
-    assert summary.startswith(f'{NUM_FRAMES} frames of {WIDTH}x{HEIGHT} at {FPS} fps, 3 windows of up to 8 frames')
-    assert all(video_io.query_folder_name(i, q) in summary for i, q in enumerate(QUERIES))
+    # inference.py's rule for files: windows of 8 overlapping by 2, [0, 8), [6, 14), [12, 20), [16, 24)
+    assert summary.startswith(f'{NUM_FRAMES} frames of {WIDTH}x{HEIGHT} at {FPS} fps, 4 windows of up to 8 frames')
+    assert all(results.query_folder_name(i, q) in summary for i, q in enumerate(QUERIES))
 
 
 @needs_gradio
 @pytest.mark.slow
-def test_bad_requests_get_the_page_s_error_and_the_server_keeps_serving(tiny, server, tmp_path):
-    root, _, _, video = tiny
+def test_bad_requests_get_the_page_s_error_and_the_server_keeps_serving(tiny_demo, server, tmp_path):
+    root, _, _, video = tiny_demo
     url, _, _ = server
     not_a_video = tmp_path / 'not_a_video.mp4'
     not_a_video.write_text('plain text')
@@ -157,10 +152,10 @@ def test_bad_requests_get_the_page_s_error_and_the_server_keeps_serving(tiny, se
 
 @needs_gradio
 @pytest.mark.slow
-def test_a_second_request_waits_in_the_queue_with_its_position(tiny, server):
+def test_a_second_request_waits_in_the_queue_with_its_position(tiny_demo, server):
     """Two pages send a request at once: the second is queued (its position shown), not run beside the first;
     the first reports its progress after each window."""
-    video = tiny[3]
+    video = tiny_demo[3]
     url, segmenter, _ = server
     first_client, second_client = (gradio_client.Client(url, verbose=False) for _ in range(2))
     arguments = (gradio_client.handle_file(str(video)), QUERIES[0], 8, 0, None)
@@ -184,7 +179,7 @@ def test_a_second_request_waits_in_the_queue_with_its_position(tiny, server):
     queued = [s for s in second_statuses if s.code == gradio_client.utils.Status.IN_QUEUE]
     assert queued and queued[0].rank == 0 and queued[0].queue_size >= 1
     windows = {unit.desc for s in first_statuses for unit in (s.progress_data or [])}
-    assert {'window 1 of 3', 'window 2 of 3'} <= windows
+    assert {'window 1 of 4', 'window 2 of 4'} <= windows
 
 
 def test_session_files_are_deleted_when_the_page_closes(tmp_path):
@@ -219,33 +214,33 @@ def test_example_clips_come_from_the_synthetic_generator(tmp_path):
 def test_the_video_length_is_read_without_decoding(tmp_path):
     """From the mp4's header, and from the packets of a raw H.264 stream, which has no header."""
     frames = video_frames(50, 40, 60)
-    assert video_io.video_duration(write_mp4(tmp_path / 'clip.mp4', frames)) == pytest.approx(50 / FPS)
+    assert sources.video_duration(write_mp4(tmp_path / 'clip.mp4', frames, FPS)) == pytest.approx(50 / FPS)
     with av.open(str(tmp_path / 'clip.h264'), 'w', format='h264') as container:
         stream = container.add_stream('libx264' if 'libx264' in av.codecs_available else 'h264', rate=FPS)
         stream.width, stream.height, stream.pix_fmt = 60, 40, 'yuv420p'
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
         container.mux(stream.encode())
-    assert video_io.video_duration(tmp_path / 'clip.h264') == pytest.approx(50 / FPS)
+    assert sources.video_duration(tmp_path / 'clip.h264') == pytest.approx(50 / FPS)
 
 
 def test_the_legend_names_every_query_under_the_frame():
     image = Image.fromarray(np.full((60, 90, 3), 100, dtype=np.uint8))
     masks = [np.zeros((60, 90), dtype=np.uint8) for _ in range(2)]
     masks[0][10:20, 10:20] = 1
-    overlay = video_io.draw_overlays(image, masks, ['a short one', 'a query much too long for the frame'],
-                                     video_io.OVERLAY_COLOURS[:2])
+    overlay = overlays.draw_overlays(image, masks, ['a short one', 'a query much too long for the frame'],
+                                     overlays.OVERLAY_COLOURS[:2])
     assert overlay.shape[1:] == (90, 3) and overlay.shape[0] > 60 and overlay.shape[0] % 2 == 0
     np.testing.assert_array_equal(overlay[:60][masks[0] == 0][0], [100, 100, 100])  # the frame, unchanged off masks
     assert tuple(overlay[15, 15]) != (100, 100, 100)  # blended in the first colour
     legend = overlay[60:]
-    for colour in video_io.OVERLAY_COLOURS[:2]:  # each query's swatch
+    for colour in overlays.OVERLAY_COLOURS[:2]:  # each query's swatch
         assert (legend == colour).all(axis=-1).any()
 
 
 @needs_gradio
-def test_command_line_errors_are_one_line(tiny, capsys, tmp_path):
-    _, checkpoint, overrides, _ = tiny
+def test_command_line_errors_are_one_line(tiny_demo, capsys, tmp_path):
+    _, checkpoint, overrides, _ = tiny_demo
     argv = ['-c', str(YTVOS_CONFIG), '--cpu'] + [a for o in overrides for a in ('--set', o)]
     with socket.socket() as taken:
         taken.bind(('127.0.0.1', 0))
@@ -267,9 +262,10 @@ def test_command_line_errors_are_one_line(tiny, capsys, tmp_path):
 
 @needs_gradio
 @pytest.mark.slow
-def test_the_server_listens_on_127_0_0_1_and_deletes_its_folder_when_stopped(tiny, tmp_path):
-    """demo.py as a user starts it; `kill` stops it as Ctrl-C does."""
-    _, checkpoint, overrides, _ = tiny
+@pytest.mark.parametrize('stop', [signal.SIGTERM, signal.SIGINT])
+def test_the_server_listens_on_127_0_0_1_and_deletes_its_folder_when_stopped(tiny_demo, tmp_path, stop):
+    """demo.py as a user starts it; `kill` stops it as Ctrl-C does, in one line, with exit code 128 + the signal."""
+    _, checkpoint, overrides, _ = tiny_demo
     with socket.socket() as probe:  # a free port
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
@@ -293,11 +289,13 @@ def test_the_server_listens_on_127_0_0_1_and_deletes_its_folder_when_stopped(tin
             with socket.socket() as other:
                 other.settimeout(2)
                 assert other.connect_ex((address, port)) != 0
-        server.send_signal(signal.SIGTERM)
+        server.send_signal(stop)
         output, _ = server.communicate(timeout=60)
     finally:
         server.kill()
-    assert server.returncode == 0, output
+    assert server.returncode == 128 + stop, output
+    assert output.strip().splitlines()[-1] == (f'demo.py: stopped by {stop.name}: the server is closed and its '
+                                               f'temporary files ({work_dir}) removed')
     assert f'http://127.0.0.1:{port}' in output
     assert not work_dir.exists()
 

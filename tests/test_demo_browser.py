@@ -22,12 +22,10 @@ import demo
 from config import load_config
 from datasets.synthetic import write_text_encoder
 from models import build_network
-from tests.test_demo import LIMITS, NUM_FRAMES, QUERIES, start_server, tiny  # noqa: F401 (tiny: a fixture)
-from tests.test_inference import read_mp4
+from tests.helpers import (DEMO_NUM_FRAMES as NUM_FRAMES, DEMO_QUERIES as QUERIES, REPO, SYNTHETIC_CONFIG,
+                           inference_config, read_mp4, start_server)
 from utils import save_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-SYNTHETIC_CONFIG = REPO / 'configs' / 'synthetic.yaml'
 CHROMIUM, CHROMEDRIVER = Path('/usr/bin/chromium'), Path('/usr/bin/chromedriver')
 # as the machine's own check started it: no sandbox as root, and no calls to Google's services
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -70,12 +68,12 @@ def browser(tmp_path):
 
 
 @pytest.fixture
-def page(tiny, tmp_path):  # noqa: F811 (tiny is the fixture imported above)
-    _, checkpoint, overrides, _ = tiny
+def page(tiny_demo, tmp_path):
+    _, checkpoint, overrides, _ = tiny_demo
     work_dir = tmp_path / 'server'
     work_dir.mkdir()
     with mock.patch.dict(os.environ):
-        app, url, _ = start_server(work_dir, checkpoint, overrides, LIMITS)
+        app, url, _ = start_server(work_dir, checkpoint, overrides)
         try:
             yield url, work_dir
         finally:
@@ -97,7 +95,7 @@ def synthetic_page(tmp_path):
         save_checkpoint({'model_state_dict': model.state_dict()}, checkpoint)
     work_dir = tmp_path / 'server'
     with mock.patch.dict(os.environ):
-        config = demo.load_inference_config(SYNTHETIC_CONFIG, checkpoint, overrides, cpu=True)
+        config = inference_config(SYNTHETIC_CONFIG, checkpoint, overrides)
         segmenter = demo.VideoSegmenter.from_checkpoint(config, checkpoint)
         examples = demo.write_example_clips(work_dir / 'examples')
         app = demo.build_app(segmenter, demo.Limits(), work_dir, 12, examples,
@@ -161,9 +159,9 @@ def save_screenshot(driver, path: Path):
     driver.save_screenshot(str(path))
 
 
-def test_the_page_segments_an_uploaded_clip_in_chromium(browser, page, tiny, tmp_path):  # noqa: F811
+def test_the_page_segments_an_uploaded_clip_in_chromium(browser, page, tiny_demo, tmp_path):
     url, work_dir = page
-    video = tiny[3]
+    video = tiny_demo[3]
     seconds, overlay = run_in_browser(browser, url, video, QUERIES[0])
     wait_until_playing(browser, overlay)
     source = overlay.get_attribute('src')

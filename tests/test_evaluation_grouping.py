@@ -14,9 +14,14 @@ import datasets
 import trainer
 from config import load_config
 from datasets.transforms import collate_videos, collate_whole_videos
+from engine.loaders import ShardSampler, make_loader
 from models import build_trained_network
-from tests.fake_datasets import SMALL_FRAME_SIZES, make_a2d_dataset, make_ref_youtube_vos_dataset
-from tests.test_inference import tiny_model_files
+from tests.fake_datasets import (
+    SMALL_FRAME_SIZES,
+    make_a2d_dataset,
+    make_ref_youtube_vos_dataset,
+)
+from tests.helpers import tiny_model_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore::datasets.files.SubsetWarning')]
 
@@ -49,14 +54,14 @@ def one_query_at_a_time(model, dataset, evaluator, all_frames=False):
 
 
 def grouped(model, dataset, evaluator, config, batch_size):
-    loader = trainer.make_loader(dataset, config, batch_size, trainer.ShardSampler(dataset, 0, 1),
+    loader = make_loader(dataset, config.num_workers, batch_size, ShardSampler(dataset, 0, 1),
                                  torch.device('cpu'))
     return trainer.evaluate(model, evaluator, loader, torch.device('cpu'), config, 'evaluating')
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory, shared_dir):
-    return tiny_model_files(tmp_path_factory.mktemp('grouping'), shared_dir)
+def tiny(tmp_path_factory):
+    return tiny_model_files(tmp_path_factory.mktemp('grouping'))
 
 
 def test_a2d_metrics_and_predictions_equal_one_query_at_a_time(tiny, tmp_path):
@@ -104,8 +109,8 @@ def test_windowed_evaluation_gives_what_inference_gives(tiny, tmp_path):
     """With eval_window_size, a whole video is run in windows and each expression's object query is chosen over the
     whole video: what inference.py does with the same window size, frames and query."""
     from datasets.transforms import transforms_from_config
-    from datasets.video import FolderFrames
-    from models.video_segmenter import VideoSegmenter
+    from video_inference.segmenter import VideoSegmenter
+    from video_inference.sources import FolderFrames
     checkpoint, overrides = tiny
     fake = make_ref_youtube_vos_dataset(tmp_path / 'ytvos')
     config = load_config(None, overrides, dataset_name='ref_youtube_vos', dataset_path=str(fake.root),
@@ -118,12 +123,12 @@ def test_windowed_evaluation_gives_what_inference_gives(tiny, tmp_path):
     segmenter = VideoSegmenter(model, transforms_from_config('test', config), torch.device('cpu'))
     video_id, frame_names, expressions = dataset.samples[0]  # 5 frames: windows [0, 2), [2, 4), [3, 5)
     frames = FolderFrames(fake.root / 'valid' / 'JPEGImages' / video_id, 0.0, None, None, 30.0)
-    (tmp_path / 'scratch').mkdir()
-    result = segmenter.segment(frames, [query for _, query in expressions], 2, tmp_path / 'scratch')
-    assert len(result.windows) == 3
+    results = list(segmenter.segment(frames, [query for _, query in expressions], 2, rule='video'))
+    assert len(results) == 3
     with zipfile.ZipFile(metrics['submission_zip']) as archive:
-        for position, _, _, _, masks in result.frame_masks(frames, frames.size):
-            for (exp_id, _), mask in zip(expressions, masks):
-                name = f'Annotations/{video_id}/{exp_id}/{frame_names[position]}.png'
-                ours = np.array(Image.open(io.BytesIO(archive.read(name))))
-                assert np.array_equal(ours, mask * 255), name
+        for result in results:
+            for offset, (frame, _) in enumerate(result.frames):
+                for (exp_id, _), masks in zip(expressions, result.masks):
+                    name = f'Annotations/{video_id}/{exp_id}/{frame_names[frame.source_index]}.png'
+                    ours = np.array(Image.open(io.BytesIO(archive.read(name))))
+                    assert np.array_equal(ours, masks[offset] * 255), name

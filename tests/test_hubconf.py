@@ -1,24 +1,21 @@
-"""hubconf.py through torch.hub, with small MTTRs under deterministic weights saved as local checkpoints.
+"""hubconf.py through torch.hub, with small MTTRs under seeded random weights saved as local checkpoints.
 
 Nothing is downloaded: the URL path is checked with torch.hub's download function replaced."""
-from pathlib import Path
-
 import pytest
 import torch
 
 import hubconf
 from models.postprocessing import A2DSentencesPostProcess, ReferYoutubeVOSPostProcess
-from test_inference import tiny_model_files
+from tests.helpers import REPO, tiny_model_files
 from utils import NestedTensor
 
-REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ['mttr_refer_youtube_vos', 'mttr_a2d_sentences_window10', 'mttr_a2d_sentences_window8']
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory, shared_dir):
+def tiny(tmp_path_factory):
     """(checkpoint, hub keyword arguments) of a tiny MTTR; the text encoder's directory is among the overrides."""
-    checkpoint, overrides = tiny_model_files(tmp_path_factory.mktemp('hub'), shared_dir)
+    checkpoint, overrides = tiny_model_files(tmp_path_factory.mktemp('hub'))
     (text_encoder,) = [o.split('=', 1)[1] for o in overrides if o.startswith('text_encoder_type=')]
     sizes = [o for o in overrides if not o.startswith('text_encoder_')]
     return checkpoint, dict(text_encoder_type=text_encoder, config_overrides=sizes)

@@ -1,83 +1,30 @@
-"""inference.py as a user runs it, on a generated video, with a small MTTR under deterministic weights.
+"""inference.py as a user runs it, on a generated video, with a small MTTR under seeded random weights.
 
-The model is tiny (small Swin, 1-layer RoBERTa built from a config, 6 object queries) and frames are resized to
-64x96, so each window is one fast CPU forward pass; the output stays at the input's 100x150.
+The model is tiny (`helpers.TINY_INFERENCE_MODEL`: small Swin, 1-layer RoBERTa built from a config, 6 object
+queries) and frames are resized to 64x96, so each window is one fast CPU forward pass; the output stays at the
+input's 100x150.
 """
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import inference
-from config import load_config
-from datasets import video as video_io
-from datasets.video import select_frames, window_layout
-from models.video_segmenter import choose_object_query
-from models import build_network
-from utils import save_checkpoint
+from video_inference.results import query_folder_name
+from video_inference.sources import select_frames
+from tests.helpers import (REPO, TINY_INFERENCE_MODEL, YTVOS_CONFIG, read_mp4, small_tmpfs, tiny_model_and_clip,
+                           video_frames)
 
-REPO = Path(__file__).resolve().parents[1]
-YTVOS_CONFIG = REPO / 'configs' / 'refer_youtube_vos.yaml'
-TINY_MODEL = dict(backbone_pretrained=False, swin_embed_dim=24, swin_depths=[2, 2, 2, 2],
-                  swin_num_heads=[1, 1, 1, 1], d_model=64, dim_feedforward=32, nheads=2, num_queries=6,
-                  num_encoder_layers=1, num_decoder_layers=1, eval_short_size=64, eval_max_size=96)
 NUM_FRAMES, HEIGHT, WIDTH, FPS = 37, 100, 150, 25
 
 
-def tiny_model_files(directory, shared_dir, **model_sizes):
-    """A small RoBERTa directory (config + the parity tokenizer), a checkpoint of a tiny MTTR under the parity
-    deterministic weights, and the KEY=VALUE config overrides that describe that model."""
-    from tests.test_main import write_tiny_text_encoder
-    sys.path.insert(0, str(shared_dir / 'parity'))
-    try:
-        from weights import deterministic_state_dict
-    finally:
-        sys.path.pop(0)
-    directory = Path(directory)
-    text_encoder = write_tiny_text_encoder(directory / 'text_encoder', shared_dir / 'parity' / 'tokenizer')
-    sizes = dict(TINY_MODEL, **model_sizes)
-    overrides = [f'{k}={json.dumps(v) if isinstance(v, list) else v}' for k, v in sizes.items()]
-    overrides += [f'text_encoder_type={text_encoder}', 'text_encoder_pretrained=false']
-    model = build_network(load_config(YTVOS_CONFIG, overrides, running_mode='eval', device='cpu'))
-    checkpoint = directory / 'tiny.pth.tar'
-    save_checkpoint({'model_state_dict': deterministic_state_dict(model.state_dict())}, checkpoint)
-    return checkpoint, overrides
-
-
-def video_frames(num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH):
-    """A red box moving right over a textured background: [T, H, W, 3] uint8."""
-    rng = np.random.default_rng(0)
-    background = rng.integers(40, 120, size=(height, width, 3), dtype=np.uint8)
-    frames = np.repeat(background[None], num_frames, axis=0)
-    for t, frame in enumerate(frames):
-        left = 5 + 2 * t
-        frame[height // 5:height // 5 + height // 3, left:left + width // 4] = (220, 30, 30)
-    return frames
-
-
-def write_mp4(path, frames, fps=FPS):
-    return video_io.write_mp4(path, frames, rate=fps)
-
-
-def read_mp4(path):
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = [frame.to_ndarray(format='rgb24') for frame in container.decode(stream)]
-        return np.stack(frames), float(stream.average_rate)
-
-
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory, shared_dir):
-    root = tmp_path_factory.mktemp('inference')
-    checkpoint, overrides = tiny_model_files(root, shared_dir)
-    video = write_mp4(root / 'clip.mp4', video_frames())
-    return root, checkpoint, overrides, video
+def setup(tmp_path_factory):
+    return tiny_model_and_clip(tmp_path_factory.mktemp('inference'), NUM_FRAMES, HEIGHT, WIDTH, FPS)
 
 
 def run(setup, video, out_dir, *queries, extra=()):
@@ -89,7 +36,7 @@ def run(setup, video, out_dir, *queries, extra=()):
     for item in overrides:
         argv += ['--set', item]
     inference.main(argv + [str(a) for a in extra])
-    return [out_dir / video_io.query_folder_name(i, q) for i, q in enumerate(queries)]
+    return [out_dir / query_folder_name(i, q) for i, q in enumerate(queries)]
 
 
 def fails_with(setup, capsys, video, *queries, extra=(), out_dir=None):
@@ -113,9 +60,10 @@ def read_masks(query_dir):
 
 @pytest.fixture(scope='module')
 def video_run(setup):
-    """The 37-frame clip in windows of 12: [0, 12), [12, 24), [24, 36) and [25, 37) for the last frame."""
+    """The 37-frame clip in windows of 12: [0, 12), [12, 24), [24, 36) and [25, 37) for the last frame, with the
+    whole-video rule (the results of this repository's inference before the other rules)."""
     root, _, _, video = setup
-    (query_dir,) = run(setup, video, root / 'clip_out', 'the red box on the left', extra=['-ws', 12])
+    (query_dir,) = run(setup, video, root / 'clip_out', 'the red box on the left', extra=['-ws', 12, '--rule', 'video'])
     return query_dir
 
 
@@ -139,7 +87,7 @@ def test_one_binary_png_mask_per_frame_at_the_input_size(video_run):
 def test_one_object_query_is_chosen_for_the_whole_video(video_run):
     scores = read_scores(video_run)
     probabilities = np.load(video_run / 'object_query_probabilities.npy')  # [T, N]
-    assert probabilities.shape == (NUM_FRAMES, TINY_MODEL['num_queries'])
+    assert probabilities.shape == (NUM_FRAMES, TINY_INFERENCE_MODEL['num_queries'])
     chosen = scores['object_query']
     assert chosen == int(probabilities.mean(axis=0).argmax())
     assert scores['object_query_score'] == pytest.approx(probabilities[:, chosen].mean(), abs=1e-6)
@@ -175,6 +123,24 @@ def test_the_first_window_gives_what_a_run_on_that_window_alone_gives(setup, vid
     for name, mask in short_masks.items():
         np.testing.assert_array_equal(mask, long_masks[name], err_msg=name)
     assert short_scores['frames'] == long_scores['frames'][:12]
+
+
+def test_the_default_rule_chooses_per_window_over_overlapping_windows(setup):
+    root, _, _, video = setup
+    (query_dir,) = run(setup, video, root / 'per_window', 'the red box', extra=['-ws', 12])
+    scores = read_scores(query_dir)
+    assert (scores['object_query_rule'], scores['window_overlap']) == ('window', 3)
+    assert [w['frames'] for w in scores['windows']] == [[0, 12], [9, 21], [18, 30], [25, 37]]
+    assert [w['output_frames'] for w in scores['windows']] == [[0, 12], [12, 21], [21, 30], [30, 37]]
+    windows = scores['windows']
+    assert [r['window'] for r in scores['frames']] == [0] * 12 + [1] * 9 + [2] * 9 + [3] * 7
+    assert [r['object_query'] for r in scores['frames']] == [windows[r['window']]['object_query']
+                                                             for r in scores['frames']]
+    probabilities = np.load(query_dir / 'object_query_probabilities.npy')
+    assert [r['referred_probability'] for r in scores['frames']] == pytest.approx(
+        [probabilities[r['frame'], r['object_query']] for r in scores['frames']], abs=1e-7)
+    summary = json.loads((root / 'per_window' / 'summary.json').read_text())
+    assert summary['num_frames'] == NUM_FRAMES and summary['windows'] == 4
 
 
 def test_start_end_and_fps_select_the_frames(setup):
@@ -222,13 +188,14 @@ def test_queries_of_one_run_equal_a_run_per_query(setup):
     texts_file.write_text('\n'.join(queries[1:]) + '\n\n')
     together = run(setup, video, root / 'together', queries[0],
                    extra=['-ws', 12, '--texts-file', texts_file, '--query-batch', 3])
-    together = [root / 'together' / video_io.query_folder_name(i, q) for i, q in enumerate(queries)]
+    together = [root / 'together' / query_folder_name(i, q) for i, q in enumerate(queries)]
     assert all(d.is_dir() for d in together)
     for index, query in enumerate(queries):
         (alone,) = run(setup, video, root / f'alone{index}', query, extra=['-ws', 12])
         ours, theirs = (np.load(d / 'object_query_probabilities.npy') for d in (together[index], alone))
         assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
-        assert read_scores(together[index])['object_query'] == read_scores(alone)['object_query']
+        assert [w['object_query'] for w in read_scores(together[index])['windows']] == \
+            [w['object_query'] for w in read_scores(alone)['windows']]
         assert read_masks(together[index]).keys() == read_masks(alone).keys()
 
 
@@ -245,16 +212,6 @@ def test_texts_file_errors(setup, capsys, tmp_path):
                                                             extra=['--query-batch', 0])
 
 
-def test_window_layout():
-    def layout(num_frames, window_size):
-        return [(w.start, w.end, w.first_output) for w in window_layout(num_frames, window_size)]
-    assert layout(37, 12) == [(0, 12, 0), (12, 24, 12), (24, 36, 24), (25, 37, 36)]
-    assert layout(24, 12) == [(0, 12, 0), (12, 24, 12)]
-    assert layout(12, 12) == [(0, 12, 0)]
-    assert layout(5, 12) == [(0, 5, 0)]
-    assert layout(13, 12) == [(0, 12, 0), (1, 13, 12)]
-
-
 def test_select_frames():
     times = [i / 25 for i in range(50)]
     assert select_frames(times) == list(range(50))
@@ -262,13 +219,6 @@ def test_select_frames():
     assert select_frames(times, fps=10)[:8] == [0, 3, 5, 8, 10, 13, 15, 18]
     assert select_frames(times, fps=100) == list(range(50))  # a higher rate than the video's keeps every frame
     assert select_frames(times, start=5) == []
-
-
-def test_choose_object_query_uses_the_mean_over_all_frames():
-    # query 0 wins the first frames, query 1 the video as a whole
-    probabilities = np.array([[0.9, 0.5], [0.9, 0.5], [0.1, 0.8], [0.1, 0.8], [0.1, 0.8]])
-    assert choose_object_query(probabilities[:2]) == 0
-    assert choose_object_query(probabilities) == 1
 
 
 def foreign_checkpoint(setup):
@@ -362,26 +312,20 @@ def test_output_folders_that_cannot_hold_results_are_one_line_errors(setup, caps
         f'inference.py: error: -o {a_file / "below"}: {a_file} is a file, not a directory')
 
 
-def test_a_full_disk_while_writing_masks_is_a_one_line_error(setup, capsys, tmp_path, monkeypatch):
-    import errno
-    from PIL import Image as PILImage
-    save = PILImage.Image.save
-    calls = []
-
-    def fill_up(self, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) > 3:
-            raise OSError(errno.ENOSPC, 'No space left on device')
-        return save(self, path, *args, **kwargs)
-    monkeypatch.setattr(PILImage.Image, 'save', fill_up)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:  # (after the progress lines: the error is the last line)
-        run(setup, setup[3], tmp_path / 'out', 'a query', extra=['-ws', 12])
-    assert stop.value.code == 2
-    error = capsys.readouterr().err
-    assert error.strip().splitlines()[-1] == (f'inference.py: error: cannot write the mask {calls[-1]}: No space '
-                                              'left on device')
-    assert 'Traceback' not in error
+def test_a_full_disk_while_writing_results_is_a_one_line_error_leaving_nothing_half_written(setup, capsys, tmp_path):
+    with small_tmpfs(tmp_path / 'disk', '96k') as disk:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            run(setup, setup[3], disk / 'out', 'a query', extra=['-ws', 12])
+        assert stop.value.code == 2
+        error = capsys.readouterr().err
+        last = error.strip().splitlines()[-1]
+        assert last.startswith('inference.py: error: cannot write the ') and last.endswith('No space left on device')
+        assert str(disk / 'out') in last and 'Traceback' not in error
+        written = sorted(p.relative_to(disk).as_posix() for p in disk.rglob('*') if p.is_file())
+        assert not [name for name in written if name.endswith(('.tmp', '.partial'))]  # no temporary file left
+        masks = [disk / name for name in written if name.endswith('.png') and '/masks/' in name]
+        assert masks and all(np.array(Image.open(path)).shape == (HEIGHT, WIDTH) for path in masks)  # each whole
 
 
 def test_config_and_device_errors(setup, capsys):

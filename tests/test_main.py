@@ -1,14 +1,14 @@
 """main.py and trainer.py as a user runs them: train, evaluate, resume, several processes, signals, errors.
 
-Every run uses a tiny MTTR (small Swin, 1-layer RoBERTa built from a config, 4 object queries) on the fake
-A2D-Sentences dataset of `fake_datasets`, on the CPU with `num_workers: 0`, so results are reproducible.
+Every run uses a tiny MTTR (`helpers.TINY_TRAINING_MODEL`: small Swin, 1-layer RoBERTa built from a config with a
+tokenizer the test writes, 4 object queries) on the fake A2D-Sentences dataset of `fake_datasets` (the `a2d_setup`
+fixture), on the CPU with `num_workers: 0`, so results are reproducible.
 """
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,85 +19,28 @@ from PIL import Image
 import main
 import trainer
 from config import load_config
-from tests.fake_datasets import SMALL_FRAME_SIZES, make_a2d_dataset, make_ref_youtube_vos_dataset
 from datasets.submission import check_submission_zip
+from engine.launch import free_port
+from engine.loaders import ResumableDistributedSampler, ShardSampler, make_loader
+from engine.stopping import StopRequest
+from tests.fake_datasets import make_ref_youtube_vos_dataset
+from tests.helpers import (A2D_CONFIG, JHMDB_CONFIG, REPO, YTVOS_CONFIG, eval_args, load, read_json, run_main,
+                           set_flags, start_long_training, train_args)
 
-REPO = Path(__file__).resolve().parents[1]
-A2D_CONFIG = REPO / 'configs' / 'a2d_sentences.yaml'
-TINY_MODEL = dict(backbone_pretrained=False, swin_embed_dim=24, swin_depths=[2, 2, 2, 2],
-                  swin_num_heads=[1, 1, 1, 1], d_model=64, dim_feedforward=32, nheads=2, num_queries=4,
-                  num_encoder_layers=1, num_decoder_layers=2, text_encoder_pretrained=False,
-                  freeze_text_encoder=False)
-SMALL_DATA = dict(num_workers=0, **SMALL_FRAME_SIZES)
 ORIGINAL_CHECKPOINT_KEYS = {'epoch', 'total_epochs', 'model_state_dict', 'optimizer_state_dict',
                             'scheduler_state_dict', 'grad_scaler_state_dict', 'best_mAP'}
 
 
-def write_tiny_text_encoder(directory, tokenizer_dir):
-    from transformers import AutoTokenizer, RobertaConfig
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.save_pretrained(directory)
-    RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=64, max_position_embeddings=64).save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory, shared_dir):
-    """The fake dataset, a tiny text encoder and the `--set` flags that point the A2D config at them."""
-    root = tmp_path_factory.mktemp('main')
-    dataset = make_a2d_dataset(root / 'a2d_sentences')
-    text_encoder = write_tiny_text_encoder(root / 'text_encoder', shared_dir / 'parity' / 'tokenizer')
-    values = dict(TINY_MODEL, **SMALL_DATA, dataset_path=str(dataset.root), cache_dir=str(root / 'cache'),
-                  text_encoder_type=str(text_encoder), epochs=2)
-    overrides = [f'{k}={json.dumps(v) if isinstance(v, list) else v}' for k, v in values.items()]
-    return root, overrides
-
-
-def set_flags(overrides, **more):
-    flags = []
-    for item in overrides + [f'{k}={v}' for k, v in more.items()]:
-        flags += ['--set', item]
-    return flags
-
-
-def run_main(*args, expect=0, **popen):
-    result = subprocess.run([sys.executable, str(REPO / 'main.py'), *map(str, args)], capture_output=True,
-                            text=True, cwd=REPO, timeout=600, **popen)
-    assert result.returncode == expect, f'exit code {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
-    return result
-
-
-def train_args(setup, run_dir, *extra, **more):
-    _, overrides = setup
-    return ['-rm', 'train', '-c', A2D_CONFIG, '-ws', 3, '-bs', 2, '--cpu', '--output_dir', run_dir,
-            *set_flags(overrides, **more), *extra]
-
-
-def eval_args(setup, run_dir, checkpoint, *extra):
-    _, overrides = setup
-    return ['-rm', 'eval', '-c', A2D_CONFIG, '-ws', 3, '-bs', 2, '--cpu', '-ckpt', checkpoint,
-            '--output_dir', run_dir, *set_flags(overrides), *extra]
-
-
-def read_json(path):
-    return json.loads(Path(path).read_text())
-
-
-def load(path):
-    return torch.load(path, weights_only=True, map_location='cpu')
-
-
-@pytest.fixture(scope='module')
-def trained_run(setup):
-    root, _ = setup
+def trained_run(a2d_setup):
+    root, _ = a2d_setup
     run_dir = root / 'run_2_epochs'
-    run_main(*train_args(setup, run_dir))
+    run_main(*train_args(a2d_setup, run_dir))
     return run_dir
 
 
 @pytest.mark.slow
-def test_training_run_directory(trained_run, setup):
+def test_training_run_directory(trained_run, a2d_setup):
     names = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob('*')}
     assert {'config.yaml', 'log.txt', 'metrics.jsonl', 'metrics_epoch_0.json', 'metrics_epoch_1.json',
             'checkpoints/0.pth.tar', 'checkpoints/1.pth.tar', 'checkpoints/last.pth.tar',
@@ -115,32 +58,38 @@ def test_training_run_directory(trained_run, setup):
 
     checkpoint = load(trained_run / 'checkpoints' / '1.pth.tar')
     assert ORIGINAL_CHECKPOINT_KEYS <= set(checkpoint)
+    recorded = read_json(trained_run / 'provenance.json')
+    assert checkpoint['provenance'] == recorded and recorded['torch'] == str(torch.__version__)
+    assert recorded['command'].split()[1:4] == [str(REPO / 'main.py'), '-rm', 'train']
+    log = (trained_run / 'log.txt').read_text()
+    assert 'code: ' in log and recorded['command'] in log
     assert (checkpoint['epoch'], checkpoint['total_epochs']) == (1, 2)
     assert torch.equal(load(trained_run / 'checkpoints' / 'last.pth.tar')['model_state_dict']['is_referred_head.weight'],
                        checkpoint['model_state_dict']['is_referred_head.weight'])
 
 
 @pytest.mark.slow
-def test_evaluating_a_checkpoint_gives_the_metrics_of_its_epoch(trained_run, setup, tmp_path):
-    # best.pth.tar is epoch 0 here: no epoch beats its mAP (0) in two epochs of a tiny model
-    result = run_main(*eval_args(setup, tmp_path / 'eval', trained_run / 'checkpoints' / 'best.pth.tar'))
+def test_evaluating_a_checkpoint_gives_the_metrics_of_its_epoch(trained_run, a2d_setup, tmp_path):
+    best = trained_run / 'checkpoints' / 'best.pth.tar'
+    epoch = load(best)['epoch']  # whichever epoch scored best
+    result = run_main(*eval_args(a2d_setup, tmp_path / 'eval', best))
     assert 'mAP 0.5:0.95' in result.stdout
-    evaluated = read_json(tmp_path / 'eval' / 'metrics_epoch_0.json')
-    assert evaluated == read_json(trained_run / 'metrics_epoch_0.json')
+    evaluated = read_json(tmp_path / 'eval' / f'metrics_epoch_{epoch}.json')
+    assert evaluated == read_json(trained_run / f'metrics_epoch_{epoch}.json')
     assert evaluated['overall_iou'] > 0  # not an all-zero comparison
     assert not (tmp_path / 'eval' / 'checkpoints').exists()
 
 
 @pytest.mark.slow
-def test_two_process_evaluation_equals_one_process(trained_run, setup, tmp_path):
-    run_main(*eval_args(setup, tmp_path / 'eval', trained_run / 'checkpoints' / '0.pth.tar', '-ng', 2))
+def test_two_process_evaluation_equals_one_process(trained_run, a2d_setup, tmp_path):
+    run_main(*eval_args(a2d_setup, tmp_path / 'eval', trained_run / 'checkpoints' / '0.pth.tar', '-ng', 2))
     assert read_json(tmp_path / 'eval' / 'metrics_epoch_0.json') == read_json(trained_run / 'metrics_epoch_0.json')
 
 
 @pytest.mark.slow
-def test_bfloat16_evaluation_is_close_to_fp32(trained_run, setup, tmp_path):
+def test_bfloat16_evaluation_is_close_to_fp32(trained_run, a2d_setup, tmp_path):
     checkpoint = trained_run / 'checkpoints' / '0.pth.tar'
-    run_main(*eval_args(setup, tmp_path / 'eval', checkpoint, '--set', 'amp_dtype=bfloat16'))
+    run_main(*eval_args(a2d_setup, tmp_path / 'eval', checkpoint, '--set', 'amp_dtype=bfloat16'))
     bfloat16 = read_json(tmp_path / 'eval' / 'metrics_epoch_0.json')
     fp32 = read_json(trained_run / 'metrics_epoch_0.json')
     assert bfloat16.keys() == fp32.keys()
@@ -148,9 +97,9 @@ def test_bfloat16_evaluation_is_close_to_fp32(trained_run, setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_bfloat16_training_with_activation_checkpointing(setup, tmp_path):
+def test_bfloat16_training_with_activation_checkpointing(a2d_setup, tmp_path):
     run_dir = tmp_path / 'run'
-    run_main(*train_args(setup, run_dir, epochs=1, amp_dtype='bfloat16', backbone_activation_checkpointing='true'))
+    run_main(*train_args(a2d_setup, run_dir, epochs=1, amp_dtype='bfloat16', backbone_activation_checkpointing='true'))
     (line,) = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
     assert 0 < line['train_losses']['loss'] < float('inf')
     assert load_config(run_dir / 'config.yaml', []).amp_dtype == 'bfloat16'
@@ -158,11 +107,12 @@ def test_bfloat16_training_with_activation_checkpointing(setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_processes_join_its_process_group(trained_run, setup, tmp_path):
-    _, overrides = setup
+def test_torchrun_processes_join_its_process_group(trained_run, a2d_setup, tmp_path):
+    _, overrides = a2d_setup
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-port',
-                             str(main.free_port()), str(REPO / 'main.py'),
-                             *map(str, eval_args(setup, tmp_path / 'eval', trained_run / 'checkpoints' / '0.pth.tar'))],
+                             str(free_port()), str(REPO / 'main.py'),
+                             *map(str, eval_args(a2d_setup, tmp_path / 'eval',
+                                                 trained_run / 'checkpoints' / '0.pth.tar'))],
                             capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert '(2 process(es), cpu)' in result.stdout
@@ -176,10 +126,11 @@ def assert_same_weights(first, second):
 
 
 @pytest.mark.slow
-def test_resuming_after_one_epoch_gives_the_weights_of_an_uninterrupted_run(trained_run, setup, tmp_path):
+def test_resuming_after_one_epoch_gives_the_weights_of_an_uninterrupted_run(trained_run, a2d_setup, tmp_path):
     run_dir = tmp_path / 'run'
-    run_main(*train_args(setup, run_dir, epochs=1))
-    result = run_main(*train_args(setup, tmp_path / 'resumed', '--resume', run_dir / 'checkpoints' / 'last.pth.tar'))
+    run_main(*train_args(a2d_setup, run_dir, epochs=1))
+    result = run_main(*train_args(a2d_setup, tmp_path / 'resumed', '--resume',
+                                  run_dir / 'checkpoints' / 'last.pth.tar'))
     assert 'resumed from' in result.stdout
     resumed = load(tmp_path / 'resumed' / 'checkpoints' / '1.pth.tar')
     uninterrupted = load(trained_run / 'checkpoints' / '1.pth.tar')
@@ -189,10 +140,10 @@ def test_resuming_after_one_epoch_gives_the_weights_of_an_uninterrupted_run(trai
 
 
 @pytest.mark.slow
-def test_refer_youtube_vos_training_and_two_process_evaluation_write_a_valid_submission(setup, tmp_path):
-    root, overrides = setup
+def test_refer_youtube_vos_training_and_two_process_evaluation_write_a_valid_submission(a2d_setup, tmp_path):
+    root, overrides = a2d_setup
     dataset = make_ref_youtube_vos_dataset(tmp_path / 'refer_youtube_vos')
-    config = REPO / 'configs' / 'refer_youtube_vos.yaml'
+    config = YTVOS_CONFIG
     flags = ['-ws', 3, '-bs', 1, '--cpu', *set_flags(overrides, dataset_path=dataset.root, epochs=1)]
     run_main('-rm', 'train', '-c', config, '--output_dir', tmp_path / 'run', *flags)
     assert (tmp_path / 'run' / 'validation_outputs' / 'submission_epoch_0.zip').is_file()
@@ -208,24 +159,10 @@ def test_refer_youtube_vos_training_and_two_process_evaluation_write_a_valid_sub
     assert read_json(tmp_path / 'eval' / 'metrics_epoch_0.json')['expressions'] == 4
 
 
-def start_long_training(args):
-    """`main.py args` (a run of many epochs) in a child process, once it has written its first checkpoint."""
-    checkpoint = Path(args[args.index('--output_dir') + 1]) / 'checkpoints' / '0.pth.tar'
-    process = subprocess.Popen([sys.executable, str(REPO / 'main.py'), *map(str, args)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not checkpoint.exists():
-        if process.poll() is not None or time.time() > deadline:
-            process.kill()
-            raise AssertionError(f'no checkpoint from {args}: {process.communicate()}')
-        time.sleep(0.2)
-    return process
-
-
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_that_resumes(setup, tmp_path):
+def test_sigterm_saves_a_checkpoint_that_resumes(a2d_setup, tmp_path):
     run_dir = tmp_path / 'run'
-    process = start_long_training(train_args(setup, run_dir, epochs=1000))
+    process = start_long_training(train_args(a2d_setup, run_dir, epochs=1000))
     try:
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=300)
@@ -237,7 +174,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(setup, tmp_path):
     stopped_in = checkpoint.get('epoch_in_progress', checkpoint['epoch'] + 1)
     assert stopped_in >= 1
 
-    result = run_main(*train_args(setup, run_dir, '--resume', run_dir / 'checkpoints' / 'last.pth.tar',
+    result = run_main(*train_args(a2d_setup, run_dir, '--resume', run_dir / 'checkpoints' / 'last.pth.tar',
                                   epochs=stopped_in + 1))
     assert 'resumed from' in result.stdout
     assert (run_dir / 'checkpoints' / f'{stopped_in}.pth.tar').is_file()
@@ -258,24 +195,24 @@ def _train_replica(rank, config, port, out_dir):
         trainer.seed_everything(config.seed + rank)
         model, criterion, _ = build_model(config)
         dataset = datasets.build_dataset('train', **config.to_dict())
-        sampler = trainer.ResumableDistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        loader = trainer.make_loader(dataset, config, config.batch_size, sampler, torch.device('cpu'))
+        sampler = ResumableDistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        loader = make_loader(dataset, config.num_workers, config.batch_size, sampler, torch.device('cpu'))
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         ddp_model = DistributedDataParallel(model)
         optimizer = trainer.build_optimizer(model, config)
         scaler = torch.amp.GradScaler('cpu', enabled=False)
         trainer.train_one_epoch(ddp_model, criterion, loader, optimizer, scaler, torch.device('cpu'), 0, config,
-                                trainer.StopRequest())
+                                StopRequest())
         torch.save({'initial': initial, 'trained': model.state_dict()}, Path(out_dir) / f'rank{rank}.pt')
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_process_training_keeps_the_replicas_equal(setup, tmp_path):
-    _, overrides = setup
+def test_two_process_training_keeps_the_replicas_equal(a2d_setup, tmp_path):
+    _, overrides = a2d_setup
     config = load_config(A2D_CONFIG, overrides, window_size=3, batch_size=1, device='cpu')
-    mp.start_processes(_train_replica, args=(config, main.free_port(), tmp_path), nprocs=2, start_method='spawn')
+    mp.start_processes(_train_replica, args=(config, free_port(), tmp_path), nprocs=2, start_method='spawn')
     rank0, rank1 = load(tmp_path / 'rank0.pt'), load(tmp_path / 'rank1.pt')
     # different seeds per rank, yet DDP starts both from rank 0's weights and keeps them equal
     assert not torch.equal(rank0['initial']['is_referred_head.weight'], rank1['initial']['is_referred_head.weight'])
@@ -286,28 +223,28 @@ def test_two_process_training_keeps_the_replicas_equal(setup, tmp_path):
 # --- errors -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_usage_errors_are_one_line(setup, tmp_path, capsys):
+def test_usage_errors_are_one_line(a2d_setup, tmp_path, capsys):
     truncated = tmp_path / 'truncated.pth.tar'
     torch.save({'model_state_dict': {'w': torch.zeros(1000)}}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:200])
     foreign = tmp_path / 'foreign.pth.tar'
     torch.save({'model_state_dict': {'classifier.weight': torch.zeros(2)}}, foreign)
     cases = [
-        (eval_args(setup, tmp_path / 'e1', tmp_path / 'missing.pth.tar'), 'checkpoint not found'),
-        (eval_args(setup, tmp_path / 'e2', truncated), str(truncated)),
-        (eval_args(setup, tmp_path / 'e3', foreign), 'unexpected keys: classifier.weight'),
-        (train_args(setup, tmp_path / 't1', no_such_key=1), 'no_such_key'),
-        (train_args(setup, tmp_path / 't2', lr='fast'), 'lr'),
-        (train_args(setup, tmp_path / 't3', dataset_path=tmp_path / 'nowhere'), f'{tmp_path / "nowhere"}'),
-        (train_args(setup, tmp_path / 't4', text_encoder_type=tmp_path / 'no_encoder'), 'text_encoder_type'),
+        (eval_args(a2d_setup, tmp_path / 'e1', tmp_path / 'missing.pth.tar'), 'checkpoint not found'),
+        (eval_args(a2d_setup, tmp_path / 'e2', truncated), str(truncated)),
+        (eval_args(a2d_setup, tmp_path / 'e3', foreign), 'unexpected keys: classifier.weight'),
+        (train_args(a2d_setup, tmp_path / 't1', no_such_key=1), 'no_such_key'),
+        (train_args(a2d_setup, tmp_path / 't2', lr='fast'), 'lr'),
+        (train_args(a2d_setup, tmp_path / 't3', dataset_path=tmp_path / 'nowhere'), f'{tmp_path / "nowhere"}'),
+        (train_args(a2d_setup, tmp_path / 't4', text_encoder_type=tmp_path / 'no_encoder'), 'text_encoder_type'),
         (['-rm', 'eval', '-c', A2D_CONFIG, '--cpu'], '-ckpt'),
-        (['-rm', 'train', '-c', REPO / 'configs' / 'jhmdb_sentences.yaml', '--cpu', '--output_dir', tmp_path / 'j',
-          *set_flags(setup[1])], 'evaluation only'),
+        (['-rm', 'train', '-c', JHMDB_CONFIG, '--cpu', '--output_dir', tmp_path / 'j',
+          *set_flags(a2d_setup[1])], 'evaluation only'),
     ]
     try:
         import wandb  # noqa: F401
     except ImportError:
-        cases.append((train_args(setup, tmp_path / 't5', wandb_mode='online'), 'pip install wandb'))
+        cases.append((train_args(a2d_setup, tmp_path / 't5', wandb_mode='online'), 'pip install wandb'))
     if not torch.cuda.is_available():
         cases.append((['-rm', 'train', '-c', A2D_CONFIG, '-ng', 1], '--cpu'))
     for args, message in cases:  # in this process: an exception other than the handled ones fails the test
@@ -320,14 +257,14 @@ def test_usage_errors_are_one_line(setup, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_needs_a_checkpoint_of_a_training_run(trained_run, setup, tmp_path):
+def test_resume_needs_a_checkpoint_of_a_training_run(trained_run, a2d_setup, tmp_path):
     bare = tmp_path / 'weights_only.pth.tar'
     torch.save({'model_state_dict': load(trained_run / 'checkpoints' / '0.pth.tar')['model_state_dict']}, bare)
-    result = run_main(*train_args(setup, tmp_path / 'run', '--resume', bare), expect=2)
+    result = run_main(*train_args(a2d_setup, tmp_path / 'run', '--resume', bare), expect=2)
     assert 'cannot resume' in result.stderr and 'optimizer_state_dict' in result.stderr
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(setup, tmp_path, monkeypatch, capsys):
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(a2d_setup, tmp_path, monkeypatch, capsys):
     build = trainer.build_network_and_criterion
 
     def build_with_failing_criterion(config):
@@ -346,7 +283,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(setup,
 
     monkeypatch.setattr(trainer, 'build_network_and_criterion', build_with_failing_criterion)
     run_dir = tmp_path / 'run'
-    assert main.main(list(map(str, train_args(setup, run_dir)))) == 2
+    assert main.main(list(map(str, train_args(a2d_setup, run_dir)))) == 2
     error = capsys.readouterr().err
     assert 'non-finite loss at epoch 1' in error and 'loss_dice' in error
     good = load(run_dir / 'checkpoints' / '0.pth.tar')
@@ -358,30 +295,30 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(setup,
 
 def test_shard_sampler_evaluates_every_sample_once():
     dataset = list(range(7))
-    shards = [list(trainer.ShardSampler(dataset, rank, 3)) for rank in range(3)]
+    shards = [list(ShardSampler(dataset, rank, 3)) for rank in range(3)]
     assert sorted(i for shard in shards for i in shard) == dataset
 
 
 def test_resumable_sampler_skips_what_was_done():
     dataset = list(range(10))
-    sampler = trainer.ResumableDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=3)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=3)
     sampler.set_epoch(2)
     full = list(sampler)
     sampler.skip = 4
     assert list(sampler) == full[4:] and len(sampler) == 6
 
 
-def test_an_epoch_stopped_part_way_continues_where_it_stopped(setup):
+def test_an_epoch_stopped_part_way_continues_where_it_stopped(a2d_setup):
     import datasets
     from models import build_model
-    _, overrides = setup
+    _, overrides = a2d_setup
     config = load_config(A2D_CONFIG, overrides, window_size=3, batch_size=1, device='cpu')
     model, criterion, _ = build_model(config)
     dataset = datasets.build_dataset('train', **config.to_dict())
-    sampler = trainer.ResumableDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
     optimizer = trainer.build_optimizer(model, config)
     scaler = torch.amp.GradScaler('cpu', enabled=False)
-    stop = trainer.StopRequest()
+    stop = StopRequest()
     stop.signum = signal.SIGTERM
     gradients = []  # per step, the gradient tensors the optimizer used
     optimizer.register_step_post_hook(
@@ -389,7 +326,7 @@ def test_an_epoch_stopped_part_way_continues_where_it_stopped(setup):
 
     def epoch(progress):
         sampler.skip = progress['iteration'] if progress else 0
-        loader = trainer.make_loader(dataset, config, 1, sampler, torch.device('cpu'))
+        loader = make_loader(dataset, config.num_workers, 1, sampler, torch.device('cpu'))
         return trainer.train_one_epoch(model, criterion, loader, optimizer, scaler, torch.device('cpu'), 0, config,
                                        stop, progress)
 

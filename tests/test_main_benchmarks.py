@@ -1,9 +1,8 @@
 """MeViS train -> valid_u evaluation -> valid submission, and the Ref-DAVIS17 evaluation, through main.py as a user
 runs them, on the fake sets of `fake_benchmarks` (real video ids, frame names and expressions) with the tiny model
-of test_main. One MeViS-trained checkpoint serves every evaluation (Ref-DAVIS17 takes any checkpoint of this
-architecture; users evaluate the Refer-YouTube-VOS one).
+of test_main (`helpers.TINY_TRAINING_MODEL`). One MeViS-trained checkpoint serves every evaluation (Ref-DAVIS17
+takes any checkpoint of this architecture; users evaluate the Refer-YouTube-VOS one).
 """
-import json
 import warnings
 
 import pytest
@@ -13,21 +12,17 @@ import main
 from datasets.files import SubsetWarning
 from datasets.mevis import check_submission_zip
 from tests.fake_benchmarks import make_mevis_dataset, make_ref_davis17_dataset
-from tests.test_main import REPO, SMALL_DATA, TINY_MODEL, read_json, run_main, set_flags, write_tiny_text_encoder
-from tools.evaluate_refer_youtube_vos import evaluate_mevis, evaluate_ref_davis17
-
-MEVIS_CONFIG = REPO / 'configs' / 'mevis.yaml'
-DAVIS_CONFIG = REPO / 'configs' / 'ref_davis17.yaml'
+from tests.helpers import (DAVIS_CONFIG, MEVIS_CONFIG, SMALL_DATA, TINY_TRAINING_MODEL, config_overrides, read_json,
+                           run_main, set_flags, write_tiny_text_encoder)
+from tools.evaluate_jf import evaluate_mevis, evaluate_ref_davis17
 
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory, shared_dir):
     root = tmp_path_factory.mktemp('benchmarks')
-    values = dict(TINY_MODEL, **SMALL_DATA, cache_dir=str(root / 'cache'), epochs=1,
-                  text_encoder_type=str(write_tiny_text_encoder(root / 'text_encoder',
-                                                                shared_dir / 'parity' / 'tokenizer')))
-    overrides = [f'{k}={json.dumps(v) if isinstance(v, list) else v}' for k, v in values.items()]
-    return root, overrides, make_mevis_dataset(root / 'mevis', shared_dir), \
+    values = dict(TINY_TRAINING_MODEL, **SMALL_DATA, cache_dir=str(root / 'cache'), epochs=1,
+                  text_encoder_type=str(write_tiny_text_encoder(root / 'text_encoder')))
+    return root, config_overrides(values), make_mevis_dataset(root / 'mevis', shared_dir), \
         make_ref_davis17_dataset(root / 'ref_davis17', shared_dir)
 
 

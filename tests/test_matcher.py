@@ -1,12 +1,10 @@
-from pathlib import Path
-
 import pytest
 import torch
 
 from config import load_config
 from models.matcher import HungarianMatcher, build, dice_coefficient, is_referred_cost
+from tests.helpers import A2D_CONFIG, to_device
 
-CONFIG_PATH = Path(__file__).resolve().parents[1] / 'configs' / 'a2d_sentences.yaml'
 LAYERS = ('final', 'aux_0', 'aux_1')
 
 
@@ -32,49 +30,51 @@ def batch_targets(*videos):
 
 @pytest.mark.parametrize('dataset', ['a2d', 'ytvos'])
 @pytest.mark.parametrize('layer', LAYERS)
-def test_indices_and_costs_match_the_original(golden, dataset, layer):
+def test_indices_and_costs_match_the_original(golden, dataset, layer, device):
     case = golden['criterion'][dataset]
-    outputs = layer_outputs(golden['cases'][case['case']]['outputs'], layer)
-    matcher = build(load_config(CONFIG_PATH))
-    indices = matcher(outputs, case['targets'])
+    outputs = to_device(layer_outputs(golden['cases'][case['case']]['outputs'], layer), device)
+    targets = to_device(case['targets'], device)
+    matcher = build(load_config(A2D_CONFIG))
+    indices = matcher(outputs, targets)
     expected = case['matcher_indices'][layer]
     assert len(indices) == len(expected)
     for (queries, objects), (expected_queries, expected_objects) in zip(indices, expected):
         assert queries.dtype == objects.dtype == torch.int64
-        assert torch.equal(queries, expected_queries) and torch.equal(objects, expected_objects)
-    for cost, expected_cost in zip(matcher.cost_matrices(outputs, case['targets']),
-                                   case['matcher_cost_matrices'][layer]):
-        torch.testing.assert_close(cost, expected_cost, rtol=1e-5, atol=1e-5)
+        assert torch.equal(queries.cpu(), expected_queries) and torch.equal(objects.cpu(), expected_objects)
+    for cost, expected_cost in zip(matcher.cost_matrices(outputs, targets), case['matcher_cost_matrices'][layer]):
+        torch.testing.assert_close(cost.cpu(), expected_cost, rtol=1e-5, atol=1e-5)
 
 
 def test_build_reads_the_cost_coefficients():
-    matcher = build(load_config(CONFIG_PATH, ['set_cost_is_referred=3', 'set_cost_dice=7']))
+    matcher = build(load_config(A2D_CONFIG, ['set_cost_is_referred=3', 'set_cost_dice=7']))
     assert (matcher.cost_is_referred, matcher.cost_dice) == (3, 7)
     with pytest.raises(ValueError, match='cannot both be 0'):
         HungarianMatcher(0, 0)
 
 
-def test_dice_coefficient_by_hand():
-    inputs = torch.tensor([[[[0.0, 0.0]], [[100.0, -100.0]]]])  # [T=1, Q=2, 1, 2]: sigmoid 0.5,0.5 and 1,0
-    targets = torch.tensor([[[[1.0, 0.0]]]])  # [T=1, M=1, 1, 2]
+def test_dice_coefficient_by_hand(device):
+    # [T=1, Q=2, 1, 2]: sigmoid 0.5,0.5 and 1,0
+    inputs = torch.tensor([[[[0.0, 0.0]], [[100.0, -100.0]]]], device=device)
+    targets = torch.tensor([[[[1.0, 0.0]]]], device=device)  # [T=1, M=1, 1, 2]
     # query 0: (2*0.5 + 1) / (1 + 1 + 1); query 1: (2*1 + 1) / (1 + 1 + 1)
-    torch.testing.assert_close(dice_coefficient(inputs, targets), torch.tensor([[2 / 3], [1.0]]))
+    torch.testing.assert_close(dice_coefficient(inputs, targets).cpu(), torch.tensor([[2 / 3], [1.0]]))
 
 
-def test_reference_cost_follows_visibility_per_frame():
+def test_reference_cost_follows_visibility_per_frame(device):
     # one video, two frames, three queries, two objects; object 1 is referred and visible in frame 0 only
     logits = torch.tensor([[[[2.0, 0.0], [0.0, 1.0], [0.5, 0.5]]],
                            [[[1.0, 0.0], [0.0, 3.0], [-1.0, 1.0]]]])  # [T=2, B=1, N=3, 2]
     p = logits.softmax(-1)[:, 0]  # [T, N, 2]
     targets = batch_targets(video_targets(torch.zeros(2, 2, 4, 4, dtype=torch.bool), referred=1, visible=[1, 0]))
-    cost = is_referred_cost(logits, targets)
+    logits, targets = logits.to(device), to_device(targets, device)
+    cost = is_referred_cost(logits, targets).cpu()
     expected_object0 = -(p[0, :, 1] + p[1, :, 1]) / 2  # never referred
     expected_object1 = -(p[0, :, 0] + p[1, :, 1]) / 2  # referred where visible
     torch.testing.assert_close(cost, torch.stack([expected_object0, expected_object1], dim=1))
     # without visibility annotations the referred object counts as visible in every frame
     for frame in targets:
         del frame[0]['is_ref_inst_visible']
-    torch.testing.assert_close(is_referred_cost(logits, targets)[:, 1], -(p[0, :, 0] + p[1, :, 0]) / 2)
+    torch.testing.assert_close(is_referred_cost(logits, targets)[:, 1].cpu(), -(p[0, :, 0] + p[1, :, 0]) / 2)
 
 
 def square_masks(num_objects, size=8):
@@ -85,7 +85,7 @@ def square_masks(num_objects, size=8):
     return masks
 
 
-def test_recovers_a_planted_assignment_in_a_batch_of_one_and_five_objects():
+def test_recovers_a_planted_assignment_in_a_batch_of_one_and_five_objects(device):
     num_frames, num_queries, size = 2, 7, 8
     planted = [{2: 0}, {6: 0, 0: 1, 3: 2, 1: 3, 4: 4}]  # per video: query -> object
     referred = [0, 3]
@@ -97,13 +97,13 @@ def test_recovers_a_planted_assignment_in_a_batch_of_one_and_five_objects():
         for query, obj in assignment.items():
             pred_masks[:, b, query][:, masks[obj]] = 8.0
         videos.append(video_targets(masks.expand(num_frames, -1, -1, -1), referred[b]))
-    outputs = {'pred_masks': pred_masks, 'pred_is_referred': pred_is_referred}
-    indices = HungarianMatcher(2, 5)(outputs, batch_targets(*videos))
+    outputs = to_device({'pred_masks': pred_masks, 'pred_is_referred': pred_is_referred}, device)
+    indices = HungarianMatcher(2, 5)(outputs, to_device(batch_targets(*videos), device))
     for (queries, objects), assignment in zip(indices, planted):
         assert dict(zip(queries.tolist(), objects.tolist())) == assignment
 
 
-def test_reference_cost_uses_the_right_column_of_each_video():
+def test_reference_cost_uses_the_right_column_of_each_video(device):
     # masks give no information (all queries predict the same); only the reference logits decide
     num_queries = 4
     pred_masks = torch.zeros(1, 2, num_queries, 4, 4)
@@ -112,8 +112,8 @@ def test_reference_cost_uses_the_right_column_of_each_video():
     pred_is_referred[0, 1, 1, 0] = 6.0  # video 1: query 1
     videos = [video_targets(torch.zeros(1, 2, 4, 4, dtype=torch.bool), referred=1),
               video_targets(torch.zeros(1, 3, 4, 4, dtype=torch.bool), referred=2)]
-    indices = HungarianMatcher(1, 0)({'pred_masks': pred_masks, 'pred_is_referred': pred_is_referred},
-                                     batch_targets(*videos))
+    outputs = to_device({'pred_masks': pred_masks, 'pred_is_referred': pred_is_referred}, device)
+    indices = HungarianMatcher(1, 0)(outputs, to_device(batch_targets(*videos), device))
     assert dict(zip(*[t.tolist() for t in indices[0]]))[3] == 1
     assert dict(zip(*[t.tolist() for t in indices[1]]))[1] == 2
 
@@ -126,10 +126,12 @@ def test_more_objects_than_queries_is_a_clear_error():
         HungarianMatcher(2, 5)(outputs, targets)
 
 
-def test_bfloat16_predictions_and_no_gradient_tracking():
-    pred_masks = torch.randn(2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).bfloat16().requires_grad_()
-    outputs = {'pred_masks': pred_masks, 'pred_is_referred': torch.zeros(2, 1, 4, 2, dtype=torch.bfloat16)}
-    targets = batch_targets(video_targets(square_masks(3).expand(2, -1, -1, -1), 1, visible=[1, 0]))
+def test_bfloat16_predictions_and_no_gradient_tracking(device):
+    pred_masks = torch.randn(2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).bfloat16().to(device)
+    outputs = {'pred_masks': pred_masks.requires_grad_(),
+               'pred_is_referred': torch.zeros(2, 1, 4, 2, dtype=torch.bfloat16, device=device)}
+    targets = to_device(batch_targets(video_targets(square_masks(3).expand(2, -1, -1, -1), 1, visible=[1, 0])),
+                        device)
     costs = HungarianMatcher(2, 5).cost_matrices(outputs, targets)
     assert costs[0].shape == (4, 3) and costs[0].dtype == torch.float32 and not costs[0].requires_grad
     assert torch.isfinite(costs[0]).all()

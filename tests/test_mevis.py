@@ -19,6 +19,7 @@ from datasets.files import SubsetWarning
 from datasets.mevis import (expression_windows, read_mask_dict, read_meta_expressions, target_masks,
                             train_samples)
 from metrics import mevis_expression_scores, mevis_summary
+from tests.helpers import write_json
 
 REAL_VALID_CHUNKS = 'data/real/mevis/valid_samples_metadata.json'
 H, W = 6, 9  # not square, so a transposed mask would not fit
@@ -34,12 +35,6 @@ def rle(mask):
     encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
     encoded['counts'] = encoded['counts'].decode('ascii')
     return encoded
-
-
-def write_json(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-    return path
 
 
 def frames_of(count):

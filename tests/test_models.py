@@ -1,42 +1,26 @@
 """The network against the original: state_dict manifest, golden forward outputs, checkpoint formats."""
 import collections
 import json
-import sys
 
 import pytest
 import torch
 
-from config import load_config
 from models import build_network, load_model_weights
 from models.swin_transformer import VideoSwinBackbone, adapt_kinetics_state_dict, load_kinetics_weights
 from models.text_encoder import build_text_encoder
-from utils import NestedTensor, save_checkpoint
+from tests.helpers import (TINY_INFERENCE_MODEL, max_relative_error, network_config, parity_config,
+                           write_tiny_text_encoder)
+from utils import NestedTensor, autocast, autocast_dtype, save_checkpoint
 
 POSITION_IDS_KEY = 'transformer.text_encoder.embeddings.position_ids'
 
 
-def parity_config(shared_dir, **overrides):
-    sets = [f'text_encoder_type={shared_dir / "parity" / "roberta-base"}', 'text_encoder_pretrained=false',
-            'backbone_pretrained=false'] + [f'{k}={v}' for k, v in overrides.items()]
-    return load_config('configs/a2d_sentences.yaml', sets, running_mode='eval', device='cpu')
-
-
 @pytest.fixture(scope='module')
-def deterministic_state_dict(shared_dir):
-    sys.path.insert(0, str(shared_dir / 'parity'))
-    try:
-        from weights import deterministic_state_dict
-    finally:
-        sys.path.pop(0)
-    return deterministic_state_dict
-
-
-@pytest.fixture(scope='module')
-def model(shared_dir, deterministic_state_dict):
-    torch.manual_seed(0)
-    model = build_network(parity_config(shared_dir))
-    model.load_state_dict(deterministic_state_dict(model.state_dict()), strict=True)
-    return model.eval()
+def tiny_model(tmp_path_factory):
+    """A network of the tiny size on a tiny text encoder: a model to load checkpoints into without the parity
+    data."""
+    text_encoder = write_tiny_text_encoder(tmp_path_factory.mktemp('text_encoder'))
+    return build_network(network_config(text_encoder, **TINY_INFERENCE_MODEL))
 
 
 @pytest.fixture(scope='module')
@@ -64,15 +48,15 @@ def test_state_dict_order_matches_outside_roberta(model, manifest):
     assert roberta == list(range(roberta[0], roberta[-1] + 1))
 
 
-def max_relative_error(ours, expected):
-    return ((ours - expected).abs().max() / expected.abs().max()).item()
+def golden_samples(inputs, device):
+    return NestedTensor(inputs['samples'], inputs['mask']).to(device), inputs['valid_indices'].to(device)
 
 
 @pytest.mark.parametrize('case', ['single', 'padded'])
-def test_forward_matches_the_original(model, golden, case):
+def test_forward_matches_the_original(model, golden, device, case):
     inputs, expected = golden['cases'][case]['inputs'], golden['cases'][case]['outputs']
     with torch.inference_mode():
-        out = model(NestedTensor(inputs['samples'], inputs['mask']), inputs['valid_indices'], inputs['text_queries'])
+        out = model(*golden_samples(inputs, device), inputs['text_queries'])
     pairs = [(out, expected)] + list(zip(out['aux_outputs'], expected['aux_outputs']))
     assert len(out['aux_outputs']) == len(expected['aux_outputs']) == 2
     for ours, theirs in pairs:
@@ -81,12 +65,35 @@ def test_forward_matches_the_original(model, golden, case):
             assert max_relative_error(ours[key], theirs[key]) <= 1e-4, key
 
 
-def test_text_queries_change_the_output(model, golden):
+def test_text_queries_change_the_output(model, golden, device):
     """The tolerance above is meaningful: another query moves the masks far more than 1e-4."""
     inputs, expected = golden['cases']['single']['inputs'], golden['cases']['single']['outputs']
     with torch.inference_mode():
-        out = model(NestedTensor(inputs['samples'], inputs['mask']), inputs['valid_indices'], ['a dog'])
+        out = model(*golden_samples(inputs, device), ['a dog'])
     assert max_relative_error(out['pred_masks'], expected['pred_masks']) > 1e-3
+
+
+@pytest.mark.parametrize('amp_dtype', ['float16', 'bfloat16'])
+def test_forward_under_the_trainers_autocast_stays_finite(model, golden, shared_dir, device, amp_dtype,
+                                                          record_property):
+    """fp16 and bf16 autocast as training runs them (utils.autocast); the difference from the fp32 original has no
+    bound and goes into the junit report (tools/gpu_selfcheck.py shows it)."""
+    if device.type != 'cuda':
+        pytest.skip('a CUDA check (--device cuda): fp16 autocast is a CUDA rule of this project')
+    if amp_dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
+        pytest.skip(f'{torch.cuda.get_device_name(device)} has no bf16 support')
+    config = parity_config(shared_dir, enable_amp='true', amp_dtype=amp_dtype)
+    assert autocast_dtype(config, device, training=True) == getattr(torch, amp_dtype)
+    for case in ('single', 'padded'):
+        inputs, expected = golden['cases'][case]['inputs'], golden['cases'][case]['outputs']
+        with torch.inference_mode(), autocast(config, device, training=True):
+            out = model(*golden_samples(inputs, device), inputs['text_queries'])
+        for layer, (ours, theirs) in enumerate([(out, expected)] + list(zip(out['aux_outputs'],
+                                                                             expected['aux_outputs']))):
+            for key in ('pred_masks', 'pred_is_referred'):
+                assert torch.isfinite(ours[key]).all(), (case, layer, key)
+                record_property(f'{case} layer {layer} {key} max relative error',
+                                f'{max_relative_error(ours[key].float(), theirs[key]):.1e}')
 
 
 def official_checkpoint(model, deterministic_state_dict, manifest):
@@ -105,7 +112,7 @@ def official_checkpoint(model, deterministic_state_dict, manifest):
 
 @pytest.mark.slow
 def test_official_checkpoint_file_loads_with_weights_only(model, deterministic_state_dict, manifest, tmp_path,
-                                                          golden):
+                                                          golden, device):
     checkpoint = official_checkpoint(model, deterministic_state_dict, manifest)
     assert isinstance(checkpoint['scheduler_state_dict']['milestones'], collections.Counter)
     path = tmp_path / 'official.pth.tar'
@@ -117,8 +124,7 @@ def test_official_checkpoint_file_loads_with_weights_only(model, deterministic_s
         assert loaded['scheduler_state_dict']['milestones'] == collections.Counter({50: 1})
         inputs, expected = golden['cases']['padded']['inputs'], golden['cases']['padded']['outputs']
         with torch.inference_mode():
-            out = model(NestedTensor(inputs['samples'], inputs['mask']), inputs['valid_indices'],
-                        inputs['text_queries'])
+            out = model(*golden_samples(inputs, device), inputs['text_queries'])
         assert max_relative_error(out['pred_masks'], expected['pred_masks']) <= 1e-4
     finally:
         model.load_state_dict(deterministic_state_dict(model.state_dict()))
@@ -126,7 +132,7 @@ def test_official_checkpoint_file_loads_with_weights_only(model, deterministic_s
 
 def test_our_checkpoints_carry_the_official_keys(model, manifest):
     assert POSITION_IDS_KEY in model.state_dict()
-    assert torch.equal(model.state_dict()[POSITION_IDS_KEY], torch.arange(514).unsqueeze(0))
+    assert torch.equal(model.state_dict()[POSITION_IDS_KEY].cpu(), torch.arange(514).unsqueeze(0))
 
 
 def test_position_ids_may_be_absent_but_must_be_right_when_present(model):
@@ -138,24 +144,24 @@ def test_position_ids_may_be_absent_but_must_be_right_when_present(model):
         model.load_state_dict(wrong, strict=True)
 
 
-def test_foreign_checkpoint_lists_missing_and_unexpected_keys(model, tmp_path):
-    state_dict = dict(model.state_dict())
+def test_foreign_checkpoint_lists_missing_and_unexpected_keys(tiny_model, tmp_path):
+    state_dict = dict(tiny_model.state_dict())
     state_dict.pop('is_referred_head.weight')
     state_dict['class_embed.weight'] = torch.zeros(3)
     path = tmp_path / 'foreign.pth'
     torch.save(state_dict, path)
     with pytest.raises(KeyError, match=r'missing keys: is_referred_head\.weight.*unexpected keys: class_embed'):
-        load_model_weights(model, path)
+        load_model_weights(tiny_model, path)
 
 
-def test_truncated_and_missing_checkpoints_name_the_file(model, tmp_path):
+def test_truncated_and_missing_checkpoints_name_the_file(tiny_model, tmp_path):
     path = tmp_path / 'truncated.pth'
     save_checkpoint({'model_state_dict': {'a': torch.zeros(1000)}}, path)
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(RuntimeError, match='truncated.pth'):
-        load_model_weights(model, path)
+        load_model_weights(tiny_model, path)
     with pytest.raises(FileNotFoundError, match='nothere.pth'):
-        load_model_weights(model, tmp_path / 'nothere.pth')
+        load_model_weights(tiny_model, tmp_path / 'nothere.pth')
 
 
 def test_unreadable_text_encoder_says_how_to_work_offline(tmp_path):
@@ -164,14 +170,12 @@ def test_unreadable_text_encoder_says_how_to_work_offline(tmp_path):
     assert 'no_such_model' in str(error.value)
 
 
-def test_text_encoder_from_local_directory_with_weights(shared_dir, tmp_path):
+def test_text_encoder_from_local_directory_with_weights(tmp_path):
     """text_encoder_pretrained loads saved weights from a local directory (a small RoBERTa made here)."""
-    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
-    config = RobertaConfig(vocab_size=873, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=40)
+    from transformers import RobertaConfig, RobertaModel
+    write_tiny_text_encoder(tmp_path)
     torch.manual_seed(1)
-    RobertaModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
-    AutoTokenizer.from_pretrained(shared_dir / 'parity' / 'tokenizer').save_pretrained(tmp_path)
+    RobertaModel(RobertaConfig.from_pretrained(tmp_path), add_pooling_layer=False).save_pretrained(tmp_path)
     saved = RobertaModel.from_pretrained(tmp_path, add_pooling_layer=False)
     pretrained, _ = build_text_encoder(str(tmp_path), pretrained=True)
     random_init, _ = build_text_encoder(str(tmp_path), pretrained=False)
@@ -217,10 +221,11 @@ def test_missing_kinetics_weights_name_the_path_and_the_source(tmp_path):
         load_kinetics_weights(VideoSwinBackbone(), tmp_path / 'nowhere.pth')
 
 
-def test_fp32_training_step_with_frozen_text_encoder(shared_dir):
+def test_fp32_training_step_with_frozen_text_encoder(tmp_path):
     """The original cannot backpropagate in fp32 (its frozen encoder runs under inference_mode)."""
+    text_encoder = write_tiny_text_encoder(tmp_path)
     torch.manual_seed(3)
-    model = build_network(parity_config(shared_dir, num_queries=5)).train()
+    model = build_network(network_config(text_encoder, num_queries=5)).train()
     samples = NestedTensor(torch.randn(2, 1, 3, 64, 64), torch.zeros(2, 1, 64, 64, dtype=torch.bool))
     out = model(samples, torch.tensor([1]), ['the dog on the left'])
     loss = out['pred_masks'].square().mean() + out['pred_is_referred'].square().mean()
@@ -230,11 +235,11 @@ def test_fp32_training_step_with_frozen_text_encoder(shared_dir):
     assert all(p.grad is None for p in model.transformer.text_encoder.parameters())
 
 
-def test_training_step_on_cpu(shared_dir):
+def test_training_step_on_cpu(tmp_path):
     """Forward, criterion, backward and an optimizer step of a small MTTR on a tiny batch, in fp32."""
     from models import build_model
-    config = parity_config(shared_dir, swin_embed_dim=32, swin_depths=[2, 2, 2, 2], swin_num_heads=[2, 4, 8, 16],
-                           d_model=64, dim_feedforward=128, num_queries=5)
+    config = network_config(write_tiny_text_encoder(tmp_path), swin_embed_dim=32, swin_depths=[2, 2, 2, 2],
+                            swin_num_heads=[2, 4, 8, 16], d_model=64, dim_feedforward=128, num_queries=5)
     torch.manual_seed(4)
     model, criterion, _ = build_model(config)
     model.train()
@@ -255,24 +260,25 @@ def test_training_step_on_cpu(shared_dir):
     assert not torch.equal(before, model.spatial_decoder.out_lay.weight)
 
 
-def test_shifted_window_attention_equals_the_explicit_softmax_for_several_videos():
+def test_shifted_window_attention_equals_the_explicit_softmax_for_several_videos(device):
     """Windows attend in groups of equal shift mask; each must still get its own mask and its own video's order."""
     from models.swin_transformer import WindowAttention3D, compute_shift_mask, shift_regions
     torch.manual_seed(0)
     attention = WindowAttention3D(dim=8, window_size=(2, 2, 2), num_heads=2).eval()
     torch.nn.init.normal_(attention.relative_position_bias_table)
-    size, window, shift, cpu = (2, 6, 6), (2, 2, 2), (0, 1, 1), torch.device('cpu')
-    regions = shift_regions(*size, window, shift, cpu)  # [9 windows, 8]
+    attention.to(device)
+    size, window, shift = (2, 6, 6), (2, 2, 2), (0, 1, 1)
+    regions = shift_regions(*size, window, shift, device)  # [9 windows, 8]
     mask = regions.unsqueeze(1) - regions.unsqueeze(2)  # Video Swin's mask
     mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
     videos, windows, n = 2, mask.shape[0], 8
-    x = torch.randn(videos * windows, n, 8)
+    x = torch.randn(videos * windows, n, 8).to(device)
     q, k, v = attention.qkv(x).reshape(videos * windows, n, 3, 2, 4).permute(2, 0, 3, 1, 4)
     bias = attention.relative_position_bias_table[attention.relative_position_index.reshape(-1)]
     bias = bias.reshape(n, n, 2).permute(2, 0, 1)
     logits = q @ k.transpose(-1, -2) / 2 + bias + mask.repeat(videos, 1, 1)[:, None]
     expected = attention.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(videos * windows, n, 8))
-    shift_mask = compute_shift_mask(*size, window, shift, cpu)
+    shift_mask = compute_shift_mask(*size, window, shift, device)
     # inner windows, last column, last row, corner
     assert sorted(len(w) for w in shift_mask.windows) == [1, 2, 2, 4]
     assert torch.allclose(attention(x, shift_mask), expected, atol=1e-5)
@@ -320,8 +326,9 @@ def test_forward_without_autograd_equals_forward_with_it():
         assert torch.allclose(ours.tensors, expected.tensors, rtol=1e-5, atol=1e-6)
 
 
-def test_repeated_queries_are_tokenized_once_and_serve_training_after_evaluation(shared_dir):
-    model = build_network(parity_config(shared_dir, num_queries=5, freeze_text_encoder=False)).eval()
+def test_repeated_queries_are_tokenized_once_and_serve_training_after_evaluation(tmp_path):
+    text_encoder = write_tiny_text_encoder(tmp_path)
+    model = build_network(network_config(text_encoder, num_queries=5, freeze_text_encoder=False)).eval()
     transformer = model.transformer
     calls = []
     tokenizer = transformer.tokenizer

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.files import SubsetWarning
+from datasets.files import DatasetLayoutError, SubsetWarning
 from datasets.ref_davis17 import (DAVIS_PALETTE, EXPRESSION_SETS, expression_records, label_maps,
                                   read_expression_records, read_expressions, read_label_maps, read_text_annotations,
                                   write_label_maps)
@@ -155,8 +155,10 @@ def test_misspelt_names_reach_the_val_videos(tmp_path):
 def test_missing_text_file_shows_the_layout(tmp_path):
     root = write_dataset(tmp_path / 'davis', [[] for _ in range(4)], ['bear'], {'bear': ['00000']})
     (root / 'davis_text_annotations' / 'Davis17_annot2.txt').unlink()
-    with pytest.raises(FileNotFoundError, match=r'(?s)Davis17_annot2\.txt.*Expected layout'):
+    with pytest.raises(DatasetLayoutError, match=r'Davis17_annot2\.txt \(the expected layout is printed above\)') \
+            as error:
         read_expression_records(root)
+    assert 'Davis17_annot2.txt                (Latin-1)' in error.value.layout
 
 
 # ---------------------------------------------------------------- label maps and PNGs

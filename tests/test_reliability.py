@@ -3,7 +3,8 @@ samples, full disks and broken submission zips. Each case runs the command a use
 or main.main in this process, tools/make_submission_zip.py's main) and checks the exit code, the one-line message,
 that nothing outside the run directory changed and that earlier checkpoints are byte-identical afterwards.
 
-The fake datasets, the tiny model and the command lines are those of test_main.py.
+The fake datasets, the tiny model and the command lines are test_main.py's (the `a2d_setup` fixture,
+`helpers.train_args` and `helpers.eval_args`).
 """
 import errno
 import hashlib
@@ -25,38 +26,27 @@ from PIL import Image
 
 import datasets
 import main
-import trainer
 from config import load_config
 from datasets.a2d_sentences import ClipReader
 from datasets.coco_evaluator import ReferringCOCOEvaluator
-from tests.fake_datasets import (A2D_VIDEOS, dataset_config, jhmdb_metadata_entry, make_a2d_dataset,
-                                 make_jhmdb_dataset, make_ref_youtube_vos_dataset, write_index_clip)
-from tests.test_main import (REPO, SMALL_DATA, TINY_MODEL, eval_args, load, run_main, set_flags, start_long_training,
-                             train_args, write_tiny_text_encoder)
+from engine.run_directory import DirectoryLock, RunDirectory
+from tests.fake_datasets import (
+    A2D_VIDEOS,
+    dataset_config,
+    jhmdb_metadata_entry,
+    make_a2d_dataset,
+    make_jhmdb_dataset,
+    make_ref_youtube_vos_dataset,
+    write_index_clip,
+)
+from tests.helpers import (REPO, YTVOS_CONFIG, error_line, eval_args, file_digests, load, run_main, set_flags,
+                           small_tmpfs, start_long_training, train_args)
 from tools.make_submission_zip import main as submission_main
 from utils import safe_name
 
-YTVOS_CONFIG = REPO / 'configs' / 'refer_youtube_vos.yaml'
 # Larger training frames: an iteration then lasts long enough for a second signal to arrive before the first one's
 # checkpoint is saved.
 SLOWER_STEPS = dict(train_short_size=256, train_max_size=384)
-
-
-def files(root, exclude=()) -> dict:
-    """relative path -> sha1 of every file below `root`, except those below a path of `exclude`."""
-    root = Path(root)
-    return {p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*'))
-            if p.is_file() and not any(p.is_relative_to(e) for e in exclude)}
-
-
-def error_line(capsys) -> str:
-    """The `error: ...` line the command printed on stderr (notes may come before it), asserting it is the last
-    line and that no traceback was printed."""
-    captured = capsys.readouterr()
-    assert 'Traceback' not in captured.err + captured.out, captured.err
-    lines = captured.err.strip().splitlines()
-    assert lines and lines[-1].startswith('error: '), captured.err
-    return lines[-1]
 
 
 def in_process(args) -> int:
@@ -64,28 +54,16 @@ def in_process(args) -> int:
 
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory, shared_dir):
-    """As test_main's: the fake A2D dataset, a tiny text encoder and the `--set` flags that point the configs at
-    them (`train_args` and `eval_args` take it)."""
-    root = tmp_path_factory.mktemp('reliability')
-    dataset = make_a2d_dataset(root / 'a2d_sentences')
-    text_encoder = write_tiny_text_encoder(root / 'text_encoder', shared_dir / 'parity' / 'tokenizer')
-    values = dict(TINY_MODEL, **SMALL_DATA, dataset_path=str(dataset.root), cache_dir=str(root / 'cache'),
-                  text_encoder_type=str(text_encoder), epochs=2)
-    return root, [f'{k}={json.dumps(v) if isinstance(v, list) else v}' for k, v in values.items()]
-
-
-@pytest.fixture(scope='module')
-def finished_run(setup):
+def finished_run(a2d_setup):
     """A finished one-epoch training run (checkpoints 0, last, best)."""
-    root, _ = setup
+    root, _ = a2d_setup
     run_dir = root / 'finished_run'
-    run_main(*train_args(setup, run_dir, epochs=1))
+    run_main(*train_args(a2d_setup, run_dir, epochs=1))
     return run_dir
 
 
-def ytvos_eval_args(setup, run_dir, checkpoint, dataset_root, *extra):
-    _, overrides = setup
+def ytvos_eval_args(a2d_setup, run_dir, checkpoint, dataset_root, *extra):
+    _, overrides = a2d_setup
     return ['-rm', 'eval', '-c', YTVOS_CONFIG, '-ws', 3, '-bs', 1, '--cpu', '-ckpt', checkpoint,
             '--output_dir', run_dir, *set_flags(overrides, dataset_path=dataset_root), *extra]
 
@@ -117,13 +95,13 @@ def test_safe_name_accepts_one_path_component_only():
 
 
 @pytest.mark.slow
-def test_refer_youtube_vos_ids_that_are_not_plain_names_stop_evaluation_before_any_write(finished_run, setup,
+def test_refer_youtube_vos_ids_that_are_not_plain_names_stop_evaluation_before_any_write(finished_run, a2d_setup,
                                                                                           tmp_path, capsys):
     dataset = make_ref_youtube_vos_dataset(tmp_path / 'ytvos')
     meta_path = dataset.root / 'meta_expressions' / 'valid' / 'meta_expressions.json'
     good_meta = json.loads(meta_path.read_text())
     checkpoint = finished_run / 'checkpoints' / 'last.pth.tar'
-    checkpoints = files(finished_run / 'checkpoints')
+    checkpoints = file_digests(finished_run / 'checkpoints')
 
     def with_expression_id(meta, exp_id):
         meta['videos']['validvidA']['expressions'][exp_id] = {'exp': 'a hostile id'}
@@ -140,16 +118,16 @@ def test_refer_youtube_vos_ids_that_are_not_plain_names_stop_evaluation_before_a
         meta = json.loads(json.dumps(good_meta))
         change(meta, bad_id)
         meta_path.write_text(json.dumps(meta))
-        before = files(tmp_path)
+        before = file_digests(tmp_path)
         run_dir = tmp_path / f'eval{i}'
-        assert in_process(ytvos_eval_args(setup, run_dir, checkpoint, dataset.root)) == 2
+        assert in_process(ytvos_eval_args(a2d_setup, run_dir, checkpoint, dataset.root)) == 2
         line = error_line(capsys)
         assert f'{meta_path}: ' in line and f'{bad_id!r} is not a plain name' in line, line
-        assert files(tmp_path) == before and not run_dir.exists()  # nothing written, not even the run directory
+        assert file_digests(tmp_path) == before and not run_dir.exists()  # nothing written, not even the run directory
     # and once as a user sees it
-    result = run_main(*ytvos_eval_args(setup, tmp_path / 'eval', checkpoint, dataset.root), expect=2)
+    result = run_main(*ytvos_eval_args(a2d_setup, tmp_path / 'eval', checkpoint, dataset.root), expect=2)
     assert result.stderr.strip().splitlines() == [line]
-    assert files(finished_run / 'checkpoints') == checkpoints
+    assert file_digests(finished_run / 'checkpoints') == checkpoints
 
 
 def test_a2d_and_jhmdb_ids_that_are_not_plain_names_are_refused_naming_the_file(tmp_path):
@@ -171,17 +149,17 @@ def test_a2d_and_jhmdb_ids_that_are_not_plain_names_are_refused_naming_the_file(
 
 # --- 2, 3, 5, 6: run directories, locks, a second SIGTERM ------------------------------------------------------
 
-def test_a_run_directory_that_holds_a_run_is_refused_unless_resumed_or_overwritten(finished_run, setup, tmp_path,
-                                                                                 capsys):
-    before = files(finished_run)
+def test_a_run_directory_that_holds_a_run_is_refused_unless_resumed_or_overwritten(finished_run, a2d_setup,
+                                                                                 tmp_path, capsys):
+    before = file_digests(finished_run)
     checkpoint = finished_run / 'checkpoints' / 'last.pth.tar'
-    assert in_process(train_args(setup, finished_run, epochs=1)) == 2
+    assert in_process(train_args(a2d_setup, finished_run, epochs=1)) == 2
     line = error_line(capsys)
     assert f'run directory {finished_run} already holds a run (config.yaml, checkpoints)' in line
     assert f'--resume {checkpoint}' in line and '--overwrite' in line
-    assert in_process(eval_args(setup, finished_run, checkpoint)) == 2
+    assert in_process(eval_args(a2d_setup, finished_run, checkpoint)) == 2
     assert 'already holds a run' in error_line(capsys)
-    assert files(finished_run) == before
+    assert file_digests(finished_run) == before
 
     # --overwrite: the previous run's files go, once the new run's inputs are checked
     copy = tmp_path / 'copy'
@@ -189,20 +167,20 @@ def test_a_run_directory_that_holds_a_run_is_refused_unless_resumed_or_overwritt
     (copy / 'notes.txt').write_text('mine')
     foreign = tmp_path / 'foreign.pth.tar'
     torch.save({'model_state_dict': {'classifier.weight': torch.zeros(2)}}, foreign)
-    assert in_process(eval_args(setup, copy, foreign, '--overwrite')) == 2  # checked first: nothing is deleted
+    assert in_process(eval_args(a2d_setup, copy, foreign, '--overwrite')) == 2  # checked first: nothing is deleted
     assert 'does not fit this model' in error_line(capsys)
-    assert files(copy) == files(finished_run) | {'notes.txt': hashlib.sha1(b'mine').hexdigest()}
-    assert in_process(eval_args(setup, copy, checkpoint, '--overwrite')) == 0
+    assert file_digests(copy) == file_digests(finished_run) | {'notes.txt': hashlib.sha1(b'mine').hexdigest()}
+    assert in_process(eval_args(a2d_setup, copy, checkpoint, '--overwrite')) == 0
     assert not (copy / 'checkpoints').exists() and (copy / 'notes.txt').read_text() == 'mine'
     assert load_config(copy / 'config.yaml', []).running_mode == 'eval'
     assert 'epoch 0 training' not in (copy / 'log.txt').read_text()
-    assert files(finished_run) == before
+    assert file_digests(finished_run) == before
 
 
 def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
     base = tmp_path / 'runs' / '2024-01-01_00-00-00'
-    first = trainer.claim_run_dir(base, unique=True)
-    second = trainer.claim_run_dir(base, unique=True)
+    first = RunDirectory.claim(base, unique=True)
+    second = RunDirectory.claim(base, unique=True)
     try:
         assert (first.path, second.path) == (base, base.with_name(base.name + '_2'))
     finally:
@@ -212,22 +190,22 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path)
 
 
 @pytest.mark.slow
-def test_a_live_run_holds_its_directory_and_a_second_sigterm_stops_it_at_once(setup, tmp_path, capsys):
+def test_a_live_run_holds_its_directory_and_a_second_sigterm_stops_it_at_once(a2d_setup, tmp_path, capsys):
     run_dir = tmp_path / 'run'
     checkpoints = run_dir / 'checkpoints'
-    process = start_long_training(train_args(setup, run_dir, epochs=1000, **SLOWER_STEPS))
+    process = start_long_training(train_args(a2d_setup, run_dir, epochs=1000, **SLOWER_STEPS))
     try:
         # what an interrupted write of another run would have left: while this run lives, nobody removes it
         left_over = checkpoints / '.last.pth.tar.k3j4h5.tmp'
         left_over.write_bytes(b'\0' * 4096)
-        for args in (train_args(setup, run_dir, epochs=2), train_args(setup, run_dir, '--overwrite', epochs=2),
-                     train_args(setup, run_dir, '--resume', checkpoints / '0.pth.tar', epochs=2),
-                     eval_args(setup, run_dir, checkpoints / '0.pth.tar')):
+        for args in (train_args(a2d_setup, run_dir, epochs=2), train_args(a2d_setup, run_dir, '--overwrite', epochs=2),
+                     train_args(a2d_setup, run_dir, '--resume', checkpoints / '0.pth.tar', epochs=2),
+                     eval_args(a2d_setup, run_dir, checkpoints / '0.pth.tar')):
             assert in_process(args) == 2
             line = error_line(capsys)
             assert f'run directory {run_dir} is in use by another run (pid {process.pid}, since ' in line, line
         assert left_over.exists()
-        epoch_checkpoints = {name: digest for name, digest in files(checkpoints).items() if name[0].isdigit()}
+        epoch_checkpoints = {name: digest for name, digest in file_digests(checkpoints).items() if name[0].isdigit()}
         process.send_signal(signal.SIGTERM)
         time.sleep(0.1)  # (two signals at once would be handled as one)
         process.send_signal(signal.SIGTERM)
@@ -237,7 +215,7 @@ def test_a_live_run_holds_its_directory_and_a_second_sigterm_stops_it_at_once(se
     assert process.returncode == main.INTERRUPTED_EXIT_CODE, stderr[-3000:]
     assert 'Traceback' not in stdout + stderr and 'KeyboardInterrupt' not in stderr, stderr[-3000:]
     assert 'stopped at once by a second SIGTERM: nothing was saved (the latest checkpoint is' in stdout, stdout
-    after = files(checkpoints)
+    after = file_digests(checkpoints)
     assert {name: after.get(name) for name in epoch_checkpoints} == epoch_checkpoints
     assert after['last.pth.tar'] == after[max((n for n in after if n[0].isdigit()), key=lambda n: int(n.split('.')[0]))]
     assert [p.name for p in checkpoints.glob('.*')] == [left_over.name]
@@ -246,22 +224,22 @@ def test_a_live_run_holds_its_directory_and_a_second_sigterm_stops_it_at_once(se
     # 6 and 3: the next start removes the stale temporary file and takes over a lock left by a dead process; a
     # resume whose config does not fit the checkpoint then stops before writing anything
     (run_dir / '.lock').write_text(json.dumps({'pid': process.pid, 'host': 'elsewhere', 'started': 'yesterday'}))
-    before = files(run_dir, exclude=[left_over, run_dir / '.lock'])
-    assert in_process(train_args(setup, run_dir, '--resume', checkpoints / 'last.pth.tar', num_queries=5)) == 2
+    before = file_digests(run_dir, exclude=[left_over, run_dir / '.lock'])
+    assert in_process(train_args(a2d_setup, run_dir, '--resume', checkpoints / 'last.pth.tar', num_queries=5)) == 2
     captured = capsys.readouterr()
     assert f'note: removed {left_over} (0.0 MiB), left by an interrupted write' in captured.err
     assert f'was left by pid {process.pid} on elsewhere, since yesterday, which is no longer running' in captured.err
     assert captured.err.strip().splitlines()[-1].startswith(f'error: {checkpoints / "last.pth.tar"} does not fit')
-    assert files(run_dir) == before  # config.yaml, log.txt and the checkpoints as they were; the lock released
+    assert file_digests(run_dir) == before  # config.yaml, log.txt and the checkpoints as they were; the lock released
 
 
 @pytest.mark.slow
-def test_a_second_sigterm_stops_two_process_training_at_once(setup, tmp_path):
+def test_a_second_sigterm_stops_two_process_training_at_once(a2d_setup, tmp_path):
     run_dir = tmp_path / 'run'
     checkpoints = run_dir / 'checkpoints'
-    process = start_long_training(train_args(setup, run_dir, '-ng', 2, epochs=1000, **SLOWER_STEPS))
+    process = start_long_training(train_args(a2d_setup, run_dir, '-ng', 2, epochs=1000, **SLOWER_STEPS))
     try:
-        epoch_checkpoints = {name: digest for name, digest in files(checkpoints).items() if name[0].isdigit()}
+        epoch_checkpoints = {name: digest for name, digest in file_digests(checkpoints).items() if name[0].isdigit()}
         process.send_signal(signal.SIGTERM)
         time.sleep(0.1)  # (two signals at once would be handled as one)
         process.send_signal(signal.SIGTERM)
@@ -271,14 +249,14 @@ def test_a_second_sigterm_stops_two_process_training_at_once(setup, tmp_path):
     assert process.returncode == main.INTERRUPTED_EXIT_CODE, stderr[-3000:]
     assert 'Traceback' not in stdout + stderr, stderr[-3000:]
     assert 'stopped at once by a second SIGTERM' in stdout
-    after = files(checkpoints)
+    after = file_digests(checkpoints)
     assert {name: after.get(name) for name in epoch_checkpoints} == epoch_checkpoints
     assert not list(checkpoints.glob('.*')) and not (run_dir / '.lock').exists()
 
 
 # --- 4: SIGTERM during an evaluation ---------------------------------------------------------------------------
 
-def test_sigterm_stops_an_evaluation_after_the_batch_saving_nothing(finished_run, setup, tmp_path, capsys,
+def test_sigterm_stops_an_evaluation_after_the_batch_saving_nothing(finished_run, a2d_setup, tmp_path, capsys,
                                                                     monkeypatch):
     update = ReferringCOCOEvaluator.update
 
@@ -287,24 +265,24 @@ def test_sigterm_stops_an_evaluation_after_the_batch_saving_nothing(finished_run
         signal.raise_signal(signal.SIGTERM)  # as the cluster does, during the first batch
 
     monkeypatch.setattr(ReferringCOCOEvaluator, 'update', update_then_signal)
-    checkpoints = files(finished_run / 'checkpoints')
+    checkpoints = file_digests(finished_run / 'checkpoints')
     run_dir = tmp_path / 'eval'
-    assert in_process(eval_args(setup, run_dir, finished_run / 'checkpoints' / '0.pth.tar', '-ebs', 1)) == 143
+    assert in_process(eval_args(a2d_setup, run_dir, finished_run / 'checkpoints' / '0.pth.tar', '-ebs', 1)) == 143
     captured = capsys.readouterr()
     assert 'Traceback' not in captured.err and 'saving a resumable checkpoint' not in captured.err + captured.out
     assert 'SIGTERM: stopping the evaluation after this batch; nothing will be saved' in captured.err
     assert 'stopped by SIGTERM after 1 of 2 batches: nothing was saved' in captured.out
     assert not list(run_dir.glob('metrics*')) and not (run_dir / 'checkpoints').exists()
-    assert files(finished_run / 'checkpoints') == checkpoints
+    assert file_digests(finished_run / 'checkpoints') == checkpoints
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_two_process_evaluation(finished_run, setup, tmp_path):
-    root, overrides = setup
+def test_sigterm_stops_a_two_process_evaluation(finished_run, a2d_setup, tmp_path):
+    root, overrides = a2d_setup
     videos = {**A2D_VIDEOS, 'testvid0001': (1, 16, {frame: [2, 5] for frame in range(1, 17)})}
     dataset = make_a2d_dataset(tmp_path / 'a2d', videos=videos)  # 16 test batches of one frame
     run_dir = tmp_path / 'eval'
-    args = [*eval_args(setup, run_dir, finished_run / 'checkpoints' / '0.pth.tar', '-ebs', 1, '-ng', 2),
+    args = [*eval_args(a2d_setup, run_dir, finished_run / 'checkpoints' / '0.pth.tar', '-ebs', 1, '-ng', 2),
             '--set', f'dataset_path={dataset.root}']
     process = subprocess.Popen([sys.executable, str(REPO / 'main.py'), *map(str, args)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -341,57 +319,59 @@ def test_a_truncated_clip_is_an_error_naming_the_file_and_both_counts(tmp_path):
 
 
 @pytest.mark.parametrize('num_workers', [0, 2])
-def test_a_sample_that_cannot_be_read_stops_the_run_in_one_line(finished_run, setup, tmp_path, capsys, num_workers):
+def test_a_sample_that_cannot_be_read_stops_the_run_in_one_line(finished_run, a2d_setup, tmp_path, capsys,
+                                                                num_workers):
     dataset = make_a2d_dataset(tmp_path / 'a2d')
     clip = dataset.root / 'Release' / 'clips320H' / 'testvid0001.mp4'
     truncate_clip(clip, 4)
     run_dir = tmp_path / 'eval'
-    args = [*eval_args(setup, run_dir, finished_run / 'checkpoints' / '0.pth.tar'),
+    args = [*eval_args(a2d_setup, run_dir, finished_run / 'checkpoints' / '0.pth.tar'),
             '--set', f'dataset_path={dataset.root}', '--set', f'num_workers={num_workers}']
-    before = files(tmp_path, exclude=[run_dir])
+    before = file_digests(tmp_path, exclude=[run_dir])
     assert in_process(args) == 2
     line = error_line(capsys)
     assert line == (f'error: sample 0 of the test split (video testvid0001, frame 4): the video {clip} is truncated '
                     'or damaged: the file announces 16 frames, 4 could be read')
-    assert files(tmp_path, exclude=[run_dir]) == before
+    assert file_digests(tmp_path, exclude=[run_dir]) == before
 
 
 # --- 9, 10: checkpoints that are not dicts, config values that cannot work --------------------------------------
 
-def test_a_checkpoint_that_is_not_a_dict_is_a_one_line_error(setup, tmp_path, capsys):
+def test_a_checkpoint_that_is_not_a_dict_is_a_one_line_error(a2d_setup, tmp_path, capsys):
     for name, content in (('list.pth.tar', [1, 2, 3]), ('tensor.pth.tar', torch.zeros(3))):
         path = tmp_path / name
         torch.save(content, path)
-        for args in (eval_args(setup, tmp_path / 'eval', path), train_args(setup, tmp_path / 'train', '-ckpt', path),
-                     train_args(setup, tmp_path / 'resumed', '--resume', path)):
+        for args in (eval_args(a2d_setup, tmp_path / 'eval', path),
+                     train_args(a2d_setup, tmp_path / 'train', '-ckpt', path),
+                     train_args(a2d_setup, tmp_path / 'resumed', '--resume', path)):
             assert in_process(args) == 2
             assert f'{path} holds no model weights' in error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['list.pth.tar', 'tensor.pth.tar']
 
 
 @pytest.mark.slow
-def test_config_values_that_cannot_work_are_one_line_errors(setup, tmp_path, capsys):
+def test_config_values_that_cannot_work_are_one_line_errors(a2d_setup, tmp_path, capsys):
     cases = [(['-bs', 0], 'batch_size: must be at least 1, got 0'),
              (['-ws', 0], 'window_size: must be at least 1, got 0'),
              (['-ebs', 0], 'eval_batch_size: must be at least 1, got 0'),
              (['--set', 'nheads=3'], 'd_model (64) must be divisible by nheads (3)')]
     for extra, message in cases:
-        assert in_process([*train_args(setup, tmp_path / 'run'), *extra]) == 2
+        assert in_process([*train_args(a2d_setup, tmp_path / 'run'), *extra]) == 2
         assert message in error_line(capsys)
-    result = run_main(*train_args(setup, tmp_path / 'run'), '-ebs', 0, expect=2)
+    result = run_main(*train_args(a2d_setup, tmp_path / 'run'), '-ebs', 0, expect=2)
     assert result.stderr.strip() == 'error: config key eval_batch_size: must be at least 1, got 0'
     assert list(tmp_path.iterdir()) == []
 
 
 # --- 12: run directories that cannot be written, full disks -----------------------------------------------------
 
-def test_output_dirs_that_cannot_hold_a_run_are_one_line_errors(setup, tmp_path, capsys, monkeypatch):
+def test_output_dirs_that_cannot_hold_a_run_are_one_line_errors(a2d_setup, tmp_path, capsys, monkeypatch):
     a_file = tmp_path / 'a_file'
     a_file.write_text('keep me')
-    assert in_process(train_args(setup, a_file)) == 2
+    assert in_process(train_args(a2d_setup, a_file)) == 2
     assert error_line(capsys) == f'error: run directory {a_file} is a file; expected a directory (it is created ' \
                                  'if missing)'
-    assert in_process(train_args(setup, a_file / 'run')) == 2
+    assert in_process(train_args(a2d_setup, a_file / 'run')) == 2
     assert error_line(capsys) == f'error: run directory {a_file / "run"}: {a_file} is a file, not a directory'
 
     read_only = tmp_path / 'read_only'
@@ -399,51 +379,47 @@ def test_output_dirs_that_cannot_hold_a_run_are_one_line_errors(setup, tmp_path,
 
     def denied(lock):  # (tests run as root, whom a read-only mode does not stop)
         raise PermissionError(errno.EACCES, 'Permission denied', str(lock.path))
-    monkeypatch.setattr(trainer.DirectoryLock, 'acquire', denied)
-    assert in_process(train_args(setup, read_only)) == 2
+    monkeypatch.setattr(DirectoryLock, 'acquire', denied)
+    assert in_process(train_args(a2d_setup, read_only)) == 2
     assert error_line(capsys) == f'error: cannot write into the run directory {read_only}: Permission denied'
-    assert files(tmp_path) == {'a_file': hashlib.sha1(b'keep me').hexdigest()} and not list(read_only.iterdir())
+    assert file_digests(tmp_path) == {'a_file': hashlib.sha1(b'keep me').hexdigest()} and not list(read_only.iterdir())
 
 
-def no_space(*args, **kwargs):
-    raise OSError(errno.ENOSPC, 'No space left on device')
+def test_a_full_disk_while_saving_a_checkpoint_stops_the_run_keeping_the_earlier_ones(finished_run, a2d_setup,
+                                                                                     tmp_path, capsys):
+    """A resumed run on a disk with room for its config, log and metrics but not for its next checkpoint."""
+    files = [p for p in finished_run.rglob('*') if p.is_file()]
+    room = sum(4096 * -(-p.stat().st_size // 4096) for p in files)  # (tmpfs counts in pages; copies break links)
+    half_a_checkpoint = (finished_run / 'checkpoints' / 'last.pth.tar').stat().st_size // 2
+    with small_tmpfs(tmp_path / 'disk', str(room + half_a_checkpoint + 2 ** 16)) as disk:
+        run_dir = disk / 'run'
+        shutil.copytree(finished_run, run_dir)
+        before = file_digests(run_dir / 'checkpoints')
+        assert in_process(train_args(a2d_setup, run_dir, '--resume', run_dir / 'checkpoints' / 'last.pth.tar',
+                                     epochs=2)) == 2
+        assert error_line(capsys) == (f'error: cannot write the checkpoint {run_dir / "checkpoints" / "1.pth.tar"}: '
+                                      'No space left on device; the run stopped (the files written before are intact)')
+        assert file_digests(run_dir / 'checkpoints') == before  # no temporary file left either
+        assert load(run_dir / 'checkpoints' / 'last.pth.tar')['epoch'] == 0
+        assert (run_dir / 'metrics_epoch_1.json').is_file()  # (what was written before the checkpoint stays)
 
 
-def test_a_full_disk_while_saving_a_checkpoint_stops_the_run_keeping_the_earlier_ones(finished_run, setup, tmp_path,
-                                                                                     capsys, monkeypatch):
-    run_dir = tmp_path / 'run'
-    shutil.copytree(finished_run, run_dir)
-    before = files(run_dir / 'checkpoints')
-    monkeypatch.setattr(torch, 'save', no_space)
-    assert in_process(train_args(setup, run_dir, '--resume', run_dir / 'checkpoints' / 'last.pth.tar', epochs=2)) == 2
-    assert error_line(capsys) == (f'error: cannot write the checkpoint {run_dir / "checkpoints" / "1.pth.tar"}: No '
-                                  'space left on device; the run stopped (the files written before are intact)')
-    assert files(run_dir / 'checkpoints') == before  # no temporary file left either
-    assert load(run_dir / 'checkpoints' / 'last.pth.tar')['epoch'] == 0
-
-
-def test_a_full_disk_while_writing_masks_is_a_one_line_error(finished_run, setup, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_while_writing_masks_is_a_one_line_error(finished_run, a2d_setup, tmp_path, capsys):
+    """A Refer-YouTube-VOS evaluation whose run directory fills up among its prediction masks."""
     dataset = make_ref_youtube_vos_dataset(tmp_path / 'ytvos')
-    save = Image.Image.save
-    saved = []
-
-    def save_two(image, path, *args, **kwargs):
-        if len(saved) == 2:
-            no_space()
-        save(image, path, *args, **kwargs)
-        saved.append(Path(path))
-
-    monkeypatch.setattr(Image.Image, 'save', save_two)
-    run_dir = tmp_path / 'eval'
-    before = files(tmp_path, exclude=[run_dir])
-    assert in_process(ytvos_eval_args(setup, run_dir, finished_run / 'checkpoints' / 'last.pth.tar',
-                                      dataset.root)) == 2
-    annotations = run_dir / 'validation_outputs' / 'epoch_0' / 'Annotations'
-    assert error_line(capsys) == (f'error: cannot write the predicted mask {annotations / "validvidA" / "0" / "00010.png"}'
-                                  ': No space left on device; the run stopped (the files written before are intact)')
-    assert sorted(annotations.rglob('*.png')) == saved
-    assert all(np.asarray(Image.open(path)).shape == (64, 96) for path in saved)
-    assert files(tmp_path, exclude=[run_dir]) == before
+    before = file_digests(tmp_path)
+    with small_tmpfs(tmp_path / 'disk', '48k') as disk:
+        run_dir = disk / 'eval'
+        assert in_process(ytvos_eval_args(a2d_setup, run_dir, finished_run / 'checkpoints' / 'last.pth.tar',
+                                          dataset.root)) == 2
+        annotations = run_dir / 'validation_outputs' / 'epoch_0' / 'Annotations'
+        line = error_line(capsys)
+        assert line.startswith(f'error: cannot write the predicted mask {annotations}/') and line.endswith(
+            '.png: No space left on device; the run stopped (the files written before are intact)'), line
+        saved = sorted(annotations.rglob('*.png'))
+        assert saved and all(np.asarray(Image.open(path)).shape == (64, 96) for path in saved)  # each one whole
+        assert not [p for p in run_dir.rglob('*') if p.name.endswith('.tmp')]
+    assert file_digests(tmp_path, exclude=[tmp_path / 'disk']) == before  # nothing written outside the run
 
 
 # --- 13: tools/make_submission_zip.py ---------------------------------------------------------------------------

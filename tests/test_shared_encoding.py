@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from models.postprocessing import binary_masks_at_input_size
-from tests.test_models import deterministic_state_dict, max_relative_error, model  # noqa: F401 (fixtures)
+from tests.helpers import max_relative_error
 from utils import NestedTensor
 
 # a short and a long query, so the batched texts are padded differently than in a forward of one query
@@ -13,9 +13,10 @@ OTHER_QUERIES = ('a dog', 'the tall person on the right side holding a tennis ra
 TOLERANCE = 1e-5  # relative to the tensor's largest absolute value; 1 vs 2 threads alone moves it by 1.1e-6
 
 
-def golden_inputs(golden, case):
+def golden_inputs(golden, case, device):
     inputs = golden['cases'][case]['inputs']
-    return NestedTensor(inputs['samples'], inputs['mask']), inputs['valid_indices'], list(inputs['text_queries'])
+    return (NestedTensor(inputs['samples'], inputs['mask']).to(device), inputs['valid_indices'].to(device),
+            list(inputs['text_queries']))
 
 
 def layers(out):
@@ -38,9 +39,9 @@ def assert_close(ours, expected, tolerance=TOLERANCE):
 
 
 @pytest.fixture(scope='module')
-def single(model, golden):
+def single(model, golden, device):
     """The one-video case: three queries decoded together, and each query's own forward pass."""
-    samples, valid_indices, (golden_query,) = golden_inputs(golden, 'single')
+    samples, valid_indices, (golden_query,) = golden_inputs(golden, 'single', device)
     queries = [golden_query, *OTHER_QUERIES]
     with torch.inference_mode():
         forwards = [model(samples, valid_indices, [query]) for query in queries]
@@ -49,10 +50,10 @@ def single(model, golden):
 
 
 @pytest.fixture(scope='module')
-def padded(model, golden):
+def padded(model, golden, device):
     """The two-video case, queries on videos [1, 0, 0]. A video is padded to the batch's size, so each query's
     reference is a forward pass on the same batch with that query at its video's slot."""
-    samples, valid_indices, golden_queries = golden_inputs(golden, 'padded')
+    samples, valid_indices, golden_queries = golden_inputs(golden, 'padded', device)
     queries = [golden_queries[1], golden_queries[0], OTHER_QUERIES[1]]
     query_videos = torch.tensor([1, 0, 0])
     with torch.inference_mode():
@@ -88,8 +89,8 @@ def test_queries_on_several_videos_equal_forward_at_their_videos_slot(padded, go
 
 
 @pytest.mark.slow
-def test_forward_is_decode_of_encode_video(model, golden):
-    samples, valid_indices, queries = golden_inputs(golden, 'padded')
+def test_forward_is_decode_of_encode_video(model, golden, device):
+    samples, valid_indices, queries = golden_inputs(golden, 'padded', device)
     with torch.inference_mode():
         forward = model(samples, valid_indices, queries)
         decoded = model.decode(model.encode_video(samples, valid_indices), queries)

@@ -15,9 +15,8 @@ from datasets.synthetic import (MARKER_FILE, TEXT_ENCODER_DIR, SyntheticSpec, en
                                 generate_video, vocabulary, write_synthetic_dataset)
 from models import build_model
 from models.text_encoder import build_text_encoder
+from tests.helpers import SYNTHETIC_CONFIG
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / 'configs' / 'synthetic.yaml'
 SMALL = SyntheticSpec(seed=3, num_train_videos=4, num_test_videos=2)
 # the learning test: two epochs on this many training videos must beat the untrained model by these margins
 LEARN_TRAIN_VIDEOS = 300
@@ -60,7 +59,7 @@ def test_expressions_name_the_colour_and_shape_of_their_object():
 
 
 def test_the_a2d_loader_reads_it(small_dataset, tmp_path):
-    config = load_config(CONFIG, [f'dataset_path={small_dataset}', f'cache_dir={tmp_path}',
+    config = load_config(SYNTHETIC_CONFIG, [f'dataset_path={small_dataset}', f'cache_dir={tmp_path}',
                                   'horizontal_flip_augmentations=false'])
     train = datasets.build_dataset('train', **config.to_dict())
     test = datasets.build_dataset('test', **config.to_dict())
@@ -98,7 +97,7 @@ def test_the_text_encoder_works_offline_and_knows_every_word(small_dataset):
 
 
 def test_first_use_generates_once_and_fills_the_paths(tmp_path, monkeypatch):
-    config = load_config(CONFIG, [f'cache_dir={tmp_path}'])
+    config = load_config(SYNTHETIC_CONFIG, [f'cache_dir={tmp_path}'])
     calls = []
     import datasets.synthetic as synthetic
     original = synthetic.write_synthetic_dataset
@@ -107,12 +106,12 @@ def test_first_use_generates_once_and_fills_the_paths(tmp_path, monkeypatch):
     ensure_synthetic_dataset(config, progress=False)
     assert Path(config.dataset_path).parent == tmp_path and (Path(config.dataset_path) / MARKER_FILE).is_file()
     assert config.text_encoder_type == str(Path(config.dataset_path) / TEXT_ENCODER_DIR)
-    ensure_synthetic_dataset(load_config(CONFIG, [f'cache_dir={tmp_path}']), progress=False)
+    ensure_synthetic_dataset(load_config(SYNTHETIC_CONFIG, [f'cache_dir={tmp_path}']), progress=False)
     assert len(calls) == 1
 
     (tmp_path / 'not_synthetic').mkdir()
     with pytest.raises(FileNotFoundError, match=MARKER_FILE):
-        ensure_synthetic_dataset(load_config(CONFIG, [f'dataset_path={tmp_path / "not_synthetic"}']))
+        ensure_synthetic_dataset(load_config(SYNTHETIC_CONFIG, [f'dataset_path={tmp_path / "not_synthetic"}']))
 
 
 @pytest.mark.slow
@@ -120,9 +119,9 @@ def test_mttr_learns_the_synthetic_task(tmp_path):
     """Two short epochs on a smaller dataset raise mAP and P@0.5 far above the same model untrained."""
     root = write_synthetic_dataset(tmp_path / 'data', SyntheticSpec(seed=1, num_train_videos=LEARN_TRAIN_VIDEOS,
                                                                     num_test_videos=30), progress=False)
-    flags = ['-c', CONFIG, '--cpu', '--set', f'dataset_path={root}', '--set', f'cache_dir={tmp_path / "cache"}',
-             '--set', 'epochs=2', '--set', 'eval_pictures=0']
-    config = load_config(CONFIG, [f'dataset_path={root}', f'text_encoder_type={root / TEXT_ENCODER_DIR}'])
+    flags = ['-c', SYNTHETIC_CONFIG, '--cpu', '--set', f'dataset_path={root}', '--set',
+             f'cache_dir={tmp_path / "cache"}', '--set', 'epochs=2', '--set', 'eval_pictures=0']
+    config = load_config(SYNTHETIC_CONFIG, [f'dataset_path={root}', f'text_encoder_type={root / TEXT_ENCODER_DIR}'])
     torch.manual_seed(config.seed)
     untrained, _, _ = build_model(config)
     torch.save({'model_state_dict': untrained.state_dict()}, tmp_path / 'untrained.pth')

@@ -1,5 +1,6 @@
 """Text queries longer than the text encoder takes are cut to its maximum, with a warning; shorter ones are
-tokenised as before. A small RoBERTa with 40 position embeddings (38 tokens) stands in for roberta-base."""
+tokenised as before. A small RoBERTa with 40 position embeddings (38 tokens) and the tests' tiny tokenizer stands in
+for roberta-base."""
 import warnings
 
 import pytest
@@ -8,7 +9,7 @@ from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
 from models import build_network
 from models.multimodal_transformer import MultimodalTransformer, TextQueryTruncatedWarning, max_text_tokens
-from tests.test_models import parity_config
+from tests.helpers import network_config, write_tiny_text_encoder
 from utils import NestedTensor
 
 MAX_TOKENS = 38  # 40 position embeddings, numbered from padding_idx + 1 = 2
@@ -20,25 +21,25 @@ def words(query, count):
 
 
 @pytest.fixture(scope='module')
-def text_encoder_dir(shared_dir, tmp_path_factory):
-    """A local model directory (config, weights, the parity tokenizer) for a tiny RoBERTa."""
-    directory = tmp_path_factory.mktemp('tiny_roberta')
-    config = RobertaConfig(vocab_size=873, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=MAX_TOKENS + 2)
+def text_encoder_dir(tmp_path_factory):
+    """A local model directory (config, weights, the tiny tokenizer) for a tiny RoBERTa."""
+    directory = write_tiny_text_encoder(tmp_path_factory.mktemp('tiny_roberta'), MAX_TOKENS + 2)
     torch.manual_seed(0)
-    RobertaModel(config, add_pooling_layer=False).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(shared_dir / 'parity' / 'tokenizer').save_pretrained(directory)
+    RobertaModel(RobertaConfig.from_pretrained(directory), add_pooling_layer=False).save_pretrained(directory)
     return directory
+
+
+def small_transformer(text_encoder_dir, tokenizer):
+    """A fresh transformer (empty tokenisation caches) on the tiny RoBERTa."""
+    text_encoder = RobertaModel.from_pretrained(text_encoder_dir, add_pooling_layer=False)
+    torch.manual_seed(0)
+    return MultimodalTransformer(text_encoder, tokenizer, num_encoder_layers=1, num_decoder_layers=1, d_model=32,
+                                 nheads=2, dim_feedforward=64).eval()
 
 
 @pytest.fixture
 def transformer(text_encoder_dir):
-    """A fresh transformer (empty tokenisation caches) on the tiny RoBERTa."""
-    text_encoder = RobertaModel.from_pretrained(text_encoder_dir, add_pooling_layer=False)
-    tokenizer = AutoTokenizer.from_pretrained(text_encoder_dir)
-    torch.manual_seed(0)
-    return MultimodalTransformer(text_encoder, tokenizer, num_encoder_layers=1, num_decoder_layers=1, d_model=32,
-                                 nheads=2, dim_feedforward=64).eval()
+    return small_transformer(text_encoder_dir, AutoTokenizer.from_pretrained(text_encoder_dir))
 
 
 def encode_text(transformer, queries):
@@ -96,7 +97,10 @@ def test_warning_comes_once_per_distinct_query(transformer):
     assert '5002 tokens' in messages[0] and '62 tokens' in messages[1]
 
 
-def test_queries_within_the_maximum_tokenise_as_before(transformer, golden):
+def test_queries_within_the_maximum_tokenise_as_before(text_encoder_dir, shared_dir, golden):
+    # the tokenizer the golden queries were tokenised with (only tokenising here: its ids exceed the tiny vocabulary)
+    original_tokenizer = AutoTokenizer.from_pretrained(shared_dir / 'parity' / 'tokenizer')
+    transformer = small_transformer(text_encoder_dir, original_tokenizer)
     for case in ('single', 'padded'):
         inputs = golden['cases'][case]['inputs']
         plain = transformer.tokenizer(list(inputs['text_queries']), padding='longest', return_tensors='pt')
@@ -107,10 +111,9 @@ def test_queries_within_the_maximum_tokenise_as_before(transformer, golden):
         assert torch.equal(attention_mask, inputs['attention_mask'])
 
 
-def test_network_segments_with_a_long_query_as_with_the_query_cut(shared_dir, text_encoder_dir):
-    config = parity_config(shared_dir, text_encoder_type=text_encoder_dir, swin_embed_dim=16,
-                           swin_depths=[2, 2, 2, 2], swin_num_heads=[1, 2, 4, 8], d_model=64, nheads=2,
-                           dim_feedforward=64, num_queries=5)
+def test_network_segments_with_a_long_query_as_with_the_query_cut(text_encoder_dir):
+    config = network_config(text_encoder_dir, swin_embed_dim=16, swin_depths=[2, 2, 2, 2],
+                            swin_num_heads=[1, 2, 4, 8], d_model=64, nheads=2, dim_feedforward=64, num_queries=5)
     torch.manual_seed(1)
     model = build_network(config).eval()
     samples = NestedTensor(torch.randn(2, 1, 3, 64, 64), torch.zeros(2, 1, 64, 64, dtype=torch.bool))

@@ -1,6 +1,5 @@
 """trainer.py's optimisation schedule against the original's: the Refer-YouTube-VOS learning rates."""
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,8 +7,7 @@ from torch import nn
 
 import trainer
 from config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import YTVOS_CONFIG
 
 
 class ThreeGroups(nn.Module):
@@ -43,7 +41,7 @@ def learning_rates(scheduler_step, config, epochs=30):
 
 
 def test_refer_youtube_vos_schedule_is_the_one_the_released_checkpoint_was_trained_with():
-    config = load_config(REPO / 'configs' / 'refer_youtube_vos.yaml', freeze_text_encoder=False)
+    config = load_config(YTVOS_CONFIG, freeze_text_encoder=False)
     ours, original = learning_rates('ours', config), learning_rates('original', config)
     assert len(ours) == len(original) == 30
     assert all(mine == pytest.approx(theirs, rel=1e-12) for mine, theirs in zip(ours, original))
@@ -53,6 +51,6 @@ def test_refer_youtube_vos_schedule_is_the_one_the_released_checkpoint_was_train
 
 
 def test_the_schedule_as_written_in_the_original_config_is_one_flag_away():
-    config = load_config(REPO / 'configs' / 'refer_youtube_vos.yaml', ['lr_drop=[20]'], freeze_text_encoder=False)
+    config = load_config(YTVOS_CONFIG, ['lr_drop=[20]'], freeze_text_encoder=False)
     rates = learning_rates('ours', config)
     assert rates[19] == pytest.approx([1e-4, 1e-5, 5e-5]) and rates[20] == pytest.approx([4e-5, 4e-6, 2e-5])

@@ -1,15 +1,13 @@
 """Small shared helpers: the CPU allocator setting and the run's autocast."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from config import Config
+from tests.helpers import REPO
 from utils import autocast
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Where glibc serves a 64 MiB tensor from: `hblkhd` of mallinfo2() counts the bytes of separately mapped blocks
 # (which glibc unmaps when they are freed, so the next pass page-faults them in again); with freed memory kept,
@@ -18,7 +16,7 @@ MAPPED_BYTES = f'''
 import ctypes, ctypes.util, sys
 sys.path.insert(0, {str(REPO)!r})
 import torch
-from utils import keep_freed_memory_in_process
+from engine.cpu_heap import keep_freed_memory_in_process
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

@@ -1,19 +1,23 @@
-"""tools/evaluate_refer_youtube_vos.py and tools/make_submission_zip.py on tiny fake Refer-YouTube-VOS layouts.
+"""tools/evaluate_jf.py and tools/make_submission_zip.py on tiny fake Refer-YouTube-VOS layouts.
 
 Expected J and F come from the hand-derived cases of test_metrics.py: in a frame with a diagonal below 125
 pixels (radius-1 tolerance), a 5x5 square against the same square shifted by 2 columns has J = 15/35 = 3/7
 (3 shared columns) and F = 0.6.
 """
+import hashlib
 import json
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.refer_youtube_vos import read_meta_expressions
 from datasets.submission import check_submission_zip, expected_mask_names, write_submission_zip
-from tools.evaluate_refer_youtube_vos import evaluate_refer_youtube_vos, main as evaluate_main
+from datasets.video_expressions import read_meta_expressions
+from tests.helpers import REPO, fill_disk, small_tmpfs, write_json
+from tools.evaluate_jf import evaluate_refer_youtube_vos, main as evaluate_main
 from tools.make_submission_zip import main as submission_main
 
 H, W = 20, 24  # diagonal 31.2: boundary tolerance ceil(0.008 * 31.2) = 1 pixel
@@ -37,11 +41,6 @@ def save_object_ids(path, object_ids):
     image.putpalette([0, 0, 0, 236, 95, 103, 249, 145, 87] + [0] * (256 - 3) * 3)
     assert image.mode == 'P'
     image.save(path)
-
-
-def write_json(path, content):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content))
 
 
 @pytest.fixture
@@ -162,6 +161,92 @@ def test_prediction_of_the_wrong_size_is_named(train_root, tmp_path):
     save_mask(tmp_path / 'p' / 'Annotations' / 'vid2' / '0' / '00000.png', np.zeros((16, 17), dtype=bool))
     with pytest.raises(ValueError, match=r'vid2/0/00000\.png is 16x17'):
         evaluate(tmp_path / 'p', train_root, videos=['vid2'])
+
+
+# ---------------------------------------------------------------- the tool's old name, its inputs and output
+
+def tool_args(train_root, predictions_dir, *more):
+    return [str(predictions_dir), '--dataset-root', str(train_root), '--no-progress', *map(str, more)]
+
+
+def last_line_error(code, capsys):
+    """The `error: ...` line, asserting exit status 2 and that it is the last line of stderr and the only one."""
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and err.startswith('error: '), err
+    return err.strip()
+
+
+def test_the_old_name_says_so_and_runs_the_new_tool(train_root, predictions_dir, tmp_path, capsys):
+    from tools.evaluate_refer_youtube_vos import main as old_main
+    assert evaluate_main(tool_args(train_root, predictions_dir, '--output', tmp_path / 'new.json')) == 0
+    new_out = capsys.readouterr().out
+    assert old_main(tool_args(train_root, predictions_dir, '--output', tmp_path / 'old.json')) == 0
+    old_out, old_err = capsys.readouterr()
+    assert old_err == ('note: tools/evaluate_refer_youtube_vos.py is now tools/evaluate_jf.py; the old name goes in '
+                       'the next release\n')
+    assert old_out.replace('old.json', 'new.json') == new_out
+    assert (tmp_path / 'old.json').read_text() == (tmp_path / 'new.json').read_text()
+
+
+@pytest.mark.slow
+def test_the_old_command_as_a_user_runs_it(train_root, predictions_dir, tmp_path):
+    result = subprocess.run([sys.executable, 'tools/evaluate_refer_youtube_vos.py',
+                             *tool_args(train_root, predictions_dir, '--output', tmp_path / 'jf.json')],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0 and result.stderr.startswith('note: tools/evaluate_refer_youtube_vos.py is now '
+                                                               'tools/evaluate_jf.py'), result.stderr
+    assert json.loads((tmp_path / 'jf.json').read_text())['J'] == pytest.approx((5 / 7 + 0.5 + 1) / 3, abs=1e-12)
+
+
+def test_a_videos_file_that_is_not_utf8_is_named(train_root, predictions_dir, tmp_path, capsys):
+    videos_file = tmp_path / 'videos.txt'
+    videos_file.write_bytes(b'vid1\nvid\xe92\n')
+    code = evaluate_main(tool_args(train_root, predictions_dir, '--videos-file', videos_file))
+    assert last_line_error(code, capsys).startswith(f'error: {videos_file}, line 2: not UTF-8 text')
+
+
+def test_a_repeated_expression_in_the_meta_file_is_named(train_root, predictions_dir, capsys):
+    meta = train_root / 'meta_expressions' / 'train' / 'meta_expressions.json'
+    repeated = '{"0": {"exp": "a square", "obj_id": "1"}, "0": {"exp": "x", "obj_id": "1"}}'
+    meta.write_text(meta.read_text().replace('{"0": {"exp": "a square", "obj_id": "1"}}', repeated))
+    code = evaluate_main(tool_args(train_root, predictions_dir))
+    assert last_line_error(code, capsys).startswith(f'error: {meta}: expression 0 of video vid2 is listed twice')
+
+
+def test_an_output_below_a_file_is_refused_before_scoring(train_root, predictions_dir, tmp_path, capsys):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    code = evaluate_main(tool_args(train_root, predictions_dir, '--output', a_file / 'jf.json'))
+    out = capsys.readouterr()
+    assert code == 2 and out.out == ''  # nothing scored
+    assert out.err == f'error: cannot write the results file {a_file / "jf.json"}: {a_file} is a file, not a folder\n'
+
+
+def test_a_full_disk_under_the_output_keeps_the_earlier_results(train_root, predictions_dir, tmp_path, capsys):
+    with small_tmpfs(tmp_path / 'out') as out:
+        output = out / 'jf.json'
+        assert evaluate_main(tool_args(train_root, predictions_dir, '--output', output)) == 0
+        earlier = hashlib.sha1(output.read_bytes()).hexdigest()
+        capsys.readouterr()
+        filler = fill_disk(out)
+        code = evaluate_main(tool_args(train_root, predictions_dir, '--videos', 'vid2', '--output', output))
+        captured = capsys.readouterr()
+        assert code == 2 and 'J&F 100.00' in captured.out  # the scores are printed before the error
+        assert captured.err == f'error: cannot write the results file {output}: No space left on device\n'
+        filler.unlink()
+        assert hashlib.sha1(output.read_bytes()).hexdigest() == earlier
+        assert sorted(p.name for p in out.iterdir()) == ['jf.json']  # no temporary file left
+
+
+def test_a_submission_zip_below_a_file_or_at_a_folder_is_refused(predictions_dir, tmp_path, capsys):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    code = submission_main(['write', str(predictions_dir), str(a_file / 'out.zip')])
+    assert last_line_error(code, capsys) == (f'error: cannot write the submission zip {a_file / "out.zip"}: {a_file} '
+                                             'is a file, not a folder')
+    code = submission_main(['write', str(predictions_dir), str(tmp_path)])
+    assert last_line_error(code, capsys) == (f'error: cannot write the submission zip {tmp_path}: it is a folder; '
+                                             'expected a file name')
 
 
 # ---------------------------------------------------------------- submission zip check

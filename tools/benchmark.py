@@ -61,7 +61,8 @@ def run_case(case, args):
     sys.path.insert(0, str(REPO))
     from config import load_config
     from models import build_model
-    from utils import NestedTensor, keep_freed_memory_in_process
+    from engine.cpu_heap import keep_freed_memory_in_process
+    from utils import NestedTensor
 
     if args.device == 'cpu' and not args.return_freed_memory:
         keep_freed_memory_in_process()
@@ -165,7 +166,19 @@ def run_case(case, args):
             'median_s': statistics.median(times), 'times_s': times, 'peak_memory_gib': peak}
 
 
-def main():
+def check_args(args):
+    """Values argparse cannot check by itself: counts of at least 1, a --json file that can be created (checked
+    before the cases run, which takes minutes). A UsageError or WriteError names the value."""
+    from datasets.files import check_output_file
+    from utils import UsageError
+    for flag, count in (('--repeats', args.repeats), ('--threads', args.threads)):
+        if count < 1:
+            raise UsageError(f'{flag} must be at least 1, got {count}')
+    if args.json:
+        check_output_file(args.json, 'results file')
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--text-encoder', default='roberta-base', help='hub name or local directory (config + tokenizer)')
     parser.add_argument('--cases', nargs='+', choices=CASES, default=list(CASES[:4]))
@@ -181,13 +194,21 @@ def main():
                         help="CPU: keep glibc's default of returning freed memory to the system (as the original)")
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--one-case', choices=CASES, help=argparse.SUPPRESS)  # the child process's case
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if 'parity' in (args.cases + [args.one_case]) and not args.parity_dir:
         parser.error("the 'parity' case needs --parity-dir (e.g. ../shared/parity)")
 
     if args.one_case:
         print(json.dumps(run_case(args.one_case, args)))
         return 0
+    # (imported here: a case's process imports only what it measures)
+    sys.path.insert(0, str(REPO))
+    from utils import UsageError, WriteError, atomic_write, writing
+    try:
+        check_args(args)
+    except (UsageError, WriteError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
     results = []
     print(f'{"case":<12} {"device":<7} {"amp":<5} {"median s":>9} {"peak GiB":>9}   runs (s)')
     for case in args.cases:
@@ -216,7 +237,12 @@ def main():
         print(f'shared encoding, {len(EXPRESSIONS)} expressions: {per_query["median_s"] / shared["median_s"]:.2f}x '
               f'faster than one at a time, peak memory {shared["peak_memory_gib"] / per_query["peak_memory_gib"]:.2f}x')
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        try:
+            with writing(args.json, 'results file'):
+                atomic_write(args.json, lambda f: json.dump(results, f, indent=2), mode='w')
+        except WriteError as error:
+            print(f'error: {error}', file=sys.stderr)
+            return 2
     return 0
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.a2d_sentences import A2DSentencesDataset, ClipReader  # noqa: E402
 from datasets.transforms import build_transforms  # noqa: E402
 from tests.fake_datasets import make_a2d_dataset  # noqa: E402
-from datasets.video import write_mp4  # noqa: E402
+from datasets.video_files import write_mp4  # noqa: E402
 
 WIDTH, HEIGHT, NUM_FRAMES, RATE = 428, 320, 150, 30
 VIDEO_ID = 'benchvid001'
@@ -70,11 +70,15 @@ def samples_per_second(dataset, repeats):
     return len(dataset) / best
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--window-size', type=int, default=8)
     parser.add_argument('--repeats', type=int, default=5, help='passes over the samples; the best one counts')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for flag, count in (('--window-size', args.window_size), ('--repeats', args.repeats)):
+        if count < 1:
+            print(f'error: {flag} must be at least 1, got {count}', file=sys.stderr)
+            return 2
     torch.set_num_threads(1)  # as in a data-loader worker
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,4 +111,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

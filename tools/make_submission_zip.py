@@ -17,6 +17,7 @@ from pathlib import Path
 if __package__ in (None, ''):
     # Run as a script (`python tools/make_submission_zip.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datasets.files import check_output_file  # noqa: E402
 from datasets.submission import check_submission_zip, excluded_test_videos, write_submission_zip  # noqa: E402
 from utils import WriteError, error_message  # noqa: E402
 
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
 
 def run(args, parser) -> int:
     if args.command == 'write':
-        zip_path = write_submission_zip(args.predictions_dir, args.zip_path)
+        zip_path = write_submission_zip(args.predictions_dir, check_output_file(args.zip_path, 'submission zip'))
         print(f'wrote {zip_path}')
         if args.meta is None and args.dataset_root is None:
             return 0

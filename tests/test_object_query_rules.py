@@ -1,0 +1,112 @@
+"""The window layout with overlaps, for files and for frames as they arrive (models/windows.py), and the rules
+that choose an object query across windows (video_inference/choice.py), on hand-made numbers."""
+import numpy as np
+import pytest
+import torch
+
+from models.windows import WindowCutter, window_layout
+from video_inference.choice import CausalChoice, LinkedChoice, RunningMean, WholeVideoChoice, overlaps
+
+
+def spans(windows):
+    return [(w.start, w.end, w.first_output) for w in windows]
+
+
+def test_non_overlapping_windows_keep_the_layout_evaluation_and_inference_have_used():
+    assert spans(window_layout(37, 12)) == [(0, 12, 0), (12, 24, 12), (24, 36, 24), (25, 37, 36)]
+    assert spans(window_layout(36, 12)) == [(0, 12, 0), (12, 24, 12), (24, 36, 24)]
+    assert spans(window_layout(5, 12)) == [(0, 5, 0)]
+
+
+def test_overlapping_windows_give_each_frame_to_the_first_window_holding_it():
+    assert spans(window_layout(30, 12, overlap=3)) == [(0, 12, 0), (9, 21, 12), (18, 30, 21)]
+    assert spans(window_layout(31, 12, overlap=3)) == [(0, 12, 0), (9, 21, 12), (18, 30, 21), (19, 31, 30)]
+    for num_frames in range(1, 40):
+        outputs = [f for w in window_layout(num_frames, 8, overlap=2) for f in range(w.first_output, w.end)]
+        assert outputs == list(range(num_frames)), num_frames  # every frame once, in order
+
+
+def test_the_cutter_gives_the_layout_as_frames_arrive():
+    for num_frames in (1, 7, 12, 13, 30, 31, 100):
+        cutter, seen = WindowCutter(12, 3), []
+        for frame in range(num_frames):
+            cut = cutter.add(frame)
+            if cut is not None:
+                window, items = cut
+                assert items == list(range(window.start, window.end))  # its own frames, as soon as the last came
+                assert window.end == frame + 1
+                seen.append(window)
+        last = cutter.finish()
+        if last is not None:
+            assert last[1] == list(range(last[0].start, last[0].end))
+            seen.append(last[0])
+        assert seen == window_layout(num_frames, 12, 3)
+
+
+def test_an_overlap_as_large_as_the_window_is_refused():
+    with pytest.raises(ValueError, match='the window overlap must be 0 to 11'):
+        window_layout(30, 12, overlap=12)
+
+
+def test_the_running_mean_is_numpys_mean_to_the_bit():
+    rng = np.random.default_rng(0)
+    for num_frames in (1, 5, 37, 1000):
+        rows = rng.random((num_frames, 50), dtype=np.float32)
+        running = RunningMean()
+        for start in range(0, num_frames, 12):  # a window at a time
+            running.add(rows[start:start + 12])
+        assert np.array_equal(running.mean(), rows.mean(axis=0))
+
+
+def test_whole_video_choice_takes_the_highest_mean_over_all_frames():
+    choice = WholeVideoChoice()
+    choice.add(np.array([[0.9, 0.1, 0.5]] * 4, dtype=np.float32))  # slot 0 wins the first window ...
+    choice.add(np.array([[0.0, 0.8, 0.55]] * 8, dtype=np.float32))  # ... slot 1 the longer second one
+    # means: slot 0 (3.6 + 0) / 12 = 0.3, slot 1 (0.4 + 6.4) / 12 = 0.567, slot 2 (2 + 4.4) / 12 = 0.533
+    assert choice.choose() == 1
+
+
+def masks_of(*boxes, size=8):
+    """[T=1, N, size, size] bool masks, one per (top, left, bottom, right) box (None: an empty mask)."""
+    masks = torch.zeros((1, len(boxes), size, size), dtype=torch.bool)
+    for n, box in enumerate(boxes):
+        if box is not None:
+            top, left, bottom, right = box
+            masks[0, n, top:bottom, left:right] = True
+    return masks
+
+
+def test_overlaps_are_the_ious_of_every_pair_and_zero_when_both_are_empty():
+    previous = masks_of((0, 0, 4, 4), None)  # 16 pixels, nothing
+    current = masks_of((0, 0, 4, 4), (0, 2, 4, 6), None)  # the same, half of it (8 shared of 24), nothing
+    assert np.allclose(overlaps(previous, current), [[1.0, 8 / 24, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_the_causal_rule_follows_the_object_across_windows():
+    choice = CausalChoice(link=True)
+    first = np.array([[0.1, 0.9, 0.2]], dtype=np.float32)
+    assert choice.choose(first, None) == 1  # the first window: probabilities alone
+    choice.remember(masks_of((0, 0, 4, 4)))  # slot 1's masks on the window's last frame
+    # in the next window the object is in slot 2, whose probability is a little lower than slot 0's
+    second = np.array([[0.5, 0.1, 0.4]], dtype=np.float32)
+    shared = masks_of((4, 4, 8, 8), None, (0, 0, 4, 4))  # slot 2 covers what slot 1 covered
+    assert choice.choose(second, shared) == 2  # 0.4 + IoU 1 beats 0.5 + IoU 0
+    window_rule = CausalChoice(link=False)
+    assert window_rule.choose(second, shared) == 0  # (the `window` rule: probabilities alone)
+
+
+def test_the_linked_rule_chooses_the_best_chain_over_the_whole_video():
+    choice = LinkedChoice()
+    choice.add(np.array([0.6, 0.5]), None)
+    choice.add(np.array([0.5, 0.6]), np.array([[0.0, 1.0], [1.0, 0.0]]))  # slot 0 becomes slot 1 and back
+    choice.add(np.array([0.9, 0.0]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    # chains by hand: [0, 1, 1] = 0.6 + 1 + 0.6 + 1 + 0.0 = 3.2; [1, 0, 0] = 0.5 + 1 + 0.5 + 1 + 0.9 = 3.9;
+    # [0, 0, 0] = 0.6 + 0.5 + 0.9 = 2.0; [0, 1, 0] = 0.6 + 1 + 0.6 + 0 + 0.9 = 3.1
+    assert choice.choose() == [1, 0, 0]
+
+
+def test_the_linked_rule_without_shared_frames_chooses_each_window_by_its_probabilities():
+    choice = LinkedChoice()
+    choice.add(np.array([0.6, 0.5]), None)
+    choice.add(np.array([0.2, 0.7]), None)
+    assert choice.choose() == [0, 1]
