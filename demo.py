@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
 
+import av
 import cv2
 import numpy as np
 from PIL import Image
@@ -206,6 +207,29 @@ class OverlayVideo:
                 self.writer.close()
 
 
+# what a browser's <video> plays: the codecs, and the containers as PyAV names them (mp4/mov, webm/mkv, ogg)
+BROWSER_CODECS = {'mov,mp4,m4a,3gp,3g2,mj2': ('h264', 'vp9', 'av1'), 'matroska,webm': ('vp8', 'vp9', 'av1', 'h264'),
+                  'ogg': ('theora', 'vp8')}
+
+
+def preview_note(video: Optional[str]) -> str:
+    """A word for the page when the browser cannot play the upload (an MPEG-4 Part 2 AVI, say), whose preview
+    then stays blank: it is segmented all the same, and the overlay plays everywhere. '' otherwise (a video PyAV
+    cannot read either is reported when it is segmented)."""
+    if not video:
+        return ''
+    try:
+        with av.open(str(video)) as container:
+            container_name, container_long_name = container.format.name, container.format.long_name
+            codec = container.streams.video[0].codec_context.name
+    except (av.error.FFmpegError, OSError, IndexError):
+        return ''
+    if codec in BROWSER_CODECS.get(container_name, ()):
+        return ''
+    return (f'Browsers cannot play this video ({codec} in {container_long_name}), so it shows no preview here; '
+            'it is segmented all the same, and the overlay on the right plays in any browser.')
+
+
 def zip_masks(masks_dir: Path, zip_path: Path) -> Path:
     with zipfile.ZipFile(zip_path, 'w', zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
         for path in sorted(masks_dir.rglob('*.png')):
@@ -297,6 +321,10 @@ def build_app(segmenter: VideoSegmenter, limits: Limits, work_dir: Path, default
         if video and not Path(video).resolve().is_relative_to(examples_dir):  # examples stay for every page
             session_files.add_upload(request.session_hash or 'no-session', video)
 
+    def uploaded(video, request: gr.Request):
+        remember_upload(video, request)
+        return preview_note(video)
+
     def run(video, queries_text, window_size, start, end, request: gr.Request, progress=gr.Progress()):
         remember_upload(video, request)  # again: API clients send their video with the request
         run_dir = session_files.run_dir(request.session_hash or 'no-session')
@@ -325,6 +353,7 @@ def build_app(segmenter: VideoSegmenter, limits: Limits, work_dir: Path, default
         with gr.Row():
             with gr.Column():
                 video = gr.Video(label='video', sources=['upload'], include_audio=True, elem_id='video-input')
+                note = gr.Markdown(elem_id='preview-note')
                 queries = gr.Textbox(label='text queries, one per line', lines=3, elem_id='queries',
                                      placeholder='a person riding a skateboard\nthe dog on the left')
                 with gr.Row():
@@ -344,7 +373,8 @@ def build_app(segmenter: VideoSegmenter, limits: Limits, work_dir: Path, default
                 masks_zip = gr.File(label='masks: <nn>_<query>/<frame>.png (0/255, at the video\'s size)',
                                     interactive=False, elem_id='masks')
                 summary = gr.Markdown(elem_id='summary')
-        video.upload(remember_upload, video, api_visibility='private')
+        video.upload(uploaded, video, note, api_visibility='private')
+        video.clear(lambda: '', None, note, api_visibility='private')
         button.click(run, [video, queries, window_size, start, end], [overlay, plot, masks_zip, summary],
                      api_name='segment', concurrency_limit=1)
         app.unload(end_session)

@@ -211,6 +211,31 @@ def test_example_clips_come_from_the_synthetic_generator(tmp_path):
         assert 2 <= len(lines) <= 3 and all(line.split()[0] in ('the', 'a') for line in lines)
 
 
+def write_clip(path, codec: str, frames):
+    with av.open(str(path), 'w') as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
+        container.mux(stream.encode())
+    return path
+
+
+def test_an_upload_browsers_cannot_play_gets_a_word_instead_of_a_blank_preview(tmp_path):
+    frames = video_frames(4, 32, 48)
+    avi = write_clip(tmp_path / 'clip.avi', 'mpeg4', frames)  # MPEG-4 Part 2 in AVI: no browser plays it
+    assert demo.preview_note(str(avi)) == (
+        'Browsers cannot play this video (mpeg4 in AVI (Audio Video Interleaved)), so it shows no preview here; it is '
+        'segmented all the same, and the overlay on the right plays in any browser.')
+    assert demo.preview_note(str(write_clip(tmp_path / 'part2.mp4', 'mpeg4', frames))).startswith(
+        'Browsers cannot play this video (mpeg4 in QuickTime / MOV)')
+    for playable in (write_mp4(tmp_path / 'clip.mp4', frames, FPS), write_clip(tmp_path / 'clip.webm', 'libvpx-vp9',
+                                                                                frames)):
+        assert demo.preview_note(str(playable)) == ''
+    (tmp_path / 'broken.mp4').write_bytes(b'not a video')  # (reported when it is segmented)
+    assert demo.preview_note(str(tmp_path / 'broken.mp4')) == '' and demo.preview_note(None) == ''
+
+
 def test_the_video_length_is_read_without_decoding(tmp_path):
     """From the mp4's header, and from the packets of a raw H.264 stream, which has no header."""
     frames = video_frames(50, 40, 60)

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from unittest import mock
 
+import av
 import pytest
 import torch
 
@@ -186,6 +187,33 @@ def test_the_page_segments_an_uploaded_clip_in_chromium(browser, page, tiny_demo
     while session_files() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not session_files()
+
+
+def test_an_avi_the_browser_cannot_play_gets_a_word_and_is_segmented(browser, page, tiny_demo, tmp_path):
+    """MPEG-4 Part 2 in AVI: Chromium shows no preview of it, so the page says why; the overlay plays."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+    frames, rate = read_mp4(tiny_demo[3])
+    avi = tmp_path / 'clip.avi'
+    with av.open(str(avi), 'w') as container:
+        stream = container.add_stream('mpeg4', rate=round(rate))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
+        container.mux(stream.encode())
+    url, _ = page
+    wait = WebDriverWait(browser, 300)
+    browser.get(url)
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, '#video-input input[type=file]'))).send_keys(
+        str(avi))
+    note = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '#preview-note').text.strip() or None)
+    assert note.startswith('Browsers cannot play this video (mpeg4 in AVI')
+    browser.find_element(By.CSS_SELECTOR, '#queries textarea').send_keys(QUERIES[0])
+    browser.find_element(By.CSS_SELECTOR, '#segment').click()
+    overlay = wait.until(lambda d: next(iter(d.find_elements(By.CSS_SELECTOR, '#overlay video[src]')), None))
+    wait_until_playing(browser, overlay)
+    assert f'{len(frames)} frames of' in browser.find_element(By.CSS_SELECTOR, '#summary').text
 
 
 def test_the_synthetic_examples_are_ready_to_click(browser, synthetic_page, tmp_path):
