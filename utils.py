@@ -3,7 +3,7 @@ file I/O, autocast."""
 import errno
 import io
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, List, Optional
@@ -167,32 +167,22 @@ def broadcast_object(value: Any) -> Any:
     return shared[0]
 
 
-def _umask() -> int:
-    """The process's umask (read without changing it, where the system tells it)."""
-    try:
-        for line in Path('/proc/self/status').read_text().splitlines():
-            if line.startswith('Umask:'):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def replacing(path):
     """Yields a temporary path beside `path` (`.<name>.<random>.tmp`); what is written there replaces `path` in one
     rename when the block ends without an error, and is deleted otherwise. So a crash or a full disk leaves the
     previous file whole instead of a truncated one; a symlink at `path` is replaced, never written through; the
-    file gets the permissions the user's umask gives a new file."""
+    file gets the permissions the user's umask gives a new file (the kernel applies it as the file is created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    temporary = Path(temporary)
+    while True:
+        temporary = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.tmp')
+        try:  # (O_EXCL: a name another writer or a link holds is not taken)
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        os.chmod(temporary, 0o666 & ~_umask())  # (mkstemp makes it 0600)
         yield temporary
         os.replace(temporary, path)
     except BaseException:

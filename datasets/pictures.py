@@ -1,10 +1,20 @@
-"""A mask drawn on its frame: the evaluation pictures of the datasets, and the overlays of the front ends.
+"""A mask drawn on its frame: the evaluation pictures of the datasets, and the overlays of the front ends; and the
+one way a PNG is written (`save_png`).
 """
 import cv2
 import numpy as np
 from PIL import Image
 
+from utils import replacing, writing
+
 OVERLAY_ALPHA = 0.5
+
+
+def save_png(path, image: Image.Image, what: str):
+    """`image` as the PNG `path`, whole or not at all (`utils.replacing`: a full disk, Ctrl-C or a kill leaves no
+    half-written file); a WriteError names `path` as the `what` when it cannot be written."""
+    with writing(path, what), replacing(path) as temporary:
+        image.save(temporary, format='png')
 
 
 def blend_mask(rgb: np.ndarray, mask: np.ndarray, colour):

@@ -14,6 +14,7 @@ from models.postprocessing import ReferYoutubeVOSPostProcess, referred_query_out
 from models.windows import window_layout
 from utils import safe_name, writing
 from .files import DuplicateKeyError, read_json
+from .pictures import save_png
 from .transforms import VideoTransforms
 
 META_LAYOUT = ('{"videos": {<video>: {"expressions": {<exp_id>: {"exp": <text>, ...}}, "frames": [<frame>, ...]}}}, '
@@ -156,8 +157,8 @@ def predicted_masks(batch, outputs, postprocessor: ReferYoutubeVOSPostProcess) -
 def write_mask_pngs(folder: Path, frame_names: Sequence[str], masks, what: str = 'predicted mask',
                     palette: Optional[bytes] = None) -> Path:
     """`<folder>/<frame>.png` for each frame: `masks` (`[T, H, W]` uint8) as single-channel PNGs, or as palette
-    PNGs with `palette` (label maps). A PNG whose writing fails (a full disk, say) is removed, so the files written
-    before stay whole and none is left half-written; the WriteError names it. Returns `folder`."""
+    PNGs with `palette` (label maps), each whole or not at all (`pictures.save_png`: the files written before stay
+    whole, none is left half-written, and the WriteError names the one that failed). Returns `folder`."""
     folder = Path(folder)
     with writing(folder, f'{what} folder'):
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,12 +168,7 @@ def write_mask_pngs(folder: Path, frame_names: Sequence[str], masks, what: str =
         image = Image.fromarray(mask)
         if palette is not None:
             image.putpalette(palette)  # makes it a palette ('P') image
-        with writing(path, what):
-            try:
-                image.save(path)
-            except BaseException:
-                path.unlink(missing_ok=True)
-                raise
+        save_png(path, image, what)
     return folder
 
 

@@ -291,12 +291,12 @@ def start_server(work_dir, checkpoint, overrides, examples=None):
 # --- faults -------------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def small_tmpfs(path, size: str = '64k'):
-    """A tmpfs of `size` mounted at `path` (created), unmounted afterwards: a real disk that fills up. Needs root
-    (CI runs as root); elsewhere the test skips, unless MTTR_REQUIRE_TMPFS=1 (CI sets it) makes that a failure."""
+def _tmpfs(path, options: str):
+    """A tmpfs mounted at `path` (created) with `options`, unmounted afterwards. Needs root (CI runs as root);
+    elsewhere the test skips, unless MTTR_REQUIRE_TMPFS=1 (CI sets it) makes that a failure."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)],
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         reason = f'cannot mount a tmpfs at {path} (root needed): {mounted.stderr.strip()}'
@@ -307,6 +307,17 @@ def small_tmpfs(path, size: str = '64k'):
         yield path
     finally:
         subprocess.run(['umount', '-l', str(path)], check=True)
+
+
+def small_tmpfs(path, size: str = '64k'):
+    """A tmpfs of `size` at `path`: a real disk that fills up."""
+    return _tmpfs(path, f'size={size}')
+
+
+def read_only_folder(path):
+    """A read-only tmpfs at `path`: a folder nothing can be written into, by root either (whom a read-only mode
+    does not stop)."""
+    return _tmpfs(path, 'ro,size=64k')
 
 
 def fill_disk(path, leave: int = 0):

@@ -6,7 +6,6 @@ that nothing outside the run directory changed and that earlier checkpoints are 
 The fake datasets, the tiny model and the command lines are test_main.py's (the `a2d_setup` fixture,
 `helpers.train_args` and `helpers.eval_args`).
 """
-import errno
 import hashlib
 import json
 import shutil
@@ -29,7 +28,7 @@ import main
 from config import load_config
 from datasets.a2d_sentences import ClipReader
 from datasets.coco_evaluator import ReferringCOCOEvaluator
-from engine.run_directory import DirectoryLock, RunDirectory
+from engine.run_directory import RunDirectory
 from tests.fake_datasets import (
     A2D_VIDEOS,
     dataset_config,
@@ -40,7 +39,7 @@ from tests.fake_datasets import (
     write_index_clip,
 )
 from tests.helpers import (REPO, YTVOS_CONFIG, error_line, eval_args, file_digests, load, run_main, set_flags,
-                           small_tmpfs, start_long_training, train_args)
+                           read_only_folder, small_tmpfs, start_long_training, train_args)
 from tools.make_submission_zip import main as submission_main
 from utils import safe_name
 
@@ -365,7 +364,7 @@ def test_config_values_that_cannot_work_are_one_line_errors(a2d_setup, tmp_path,
 
 # --- 12: run directories that cannot be written, full disks -----------------------------------------------------
 
-def test_output_dirs_that_cannot_hold_a_run_are_one_line_errors(a2d_setup, tmp_path, capsys, monkeypatch):
+def test_output_dirs_that_cannot_hold_a_run_are_one_line_errors(a2d_setup, tmp_path, capsys):
     a_file = tmp_path / 'a_file'
     a_file.write_text('keep me')
     assert in_process(train_args(a2d_setup, a_file)) == 2
@@ -374,15 +373,11 @@ def test_output_dirs_that_cannot_hold_a_run_are_one_line_errors(a2d_setup, tmp_p
     assert in_process(train_args(a2d_setup, a_file / 'run')) == 2
     assert error_line(capsys) == f'error: run directory {a_file / "run"}: {a_file} is a file, not a directory'
 
-    read_only = tmp_path / 'read_only'
-    read_only.mkdir()
-
-    def denied(lock):  # (tests run as root, whom a read-only mode does not stop)
-        raise PermissionError(errno.EACCES, 'Permission denied', str(lock.path))
-    monkeypatch.setattr(DirectoryLock, 'acquire', denied)
-    assert in_process(train_args(a2d_setup, read_only)) == 2
-    assert error_line(capsys) == f'error: cannot write into the run directory {read_only}: Permission denied'
-    assert file_digests(tmp_path) == {'a_file': hashlib.sha1(b'keep me').hexdigest()} and not list(read_only.iterdir())
+    with read_only_folder(tmp_path / 'read_only') as read_only:
+        assert in_process(train_args(a2d_setup, read_only)) == 2
+        assert error_line(capsys) == f'error: cannot write into the run directory {read_only}: Read-only file system'
+        assert not list(read_only.iterdir())
+    assert file_digests(tmp_path) == {'a_file': hashlib.sha1(b'keep me').hexdigest()}
 
 
 def test_a_full_disk_while_saving_a_checkpoint_stops_the_run_keeping_the_earlier_ones(finished_run, a2d_setup,
@@ -438,7 +433,7 @@ def submission(tmp_path):
     return meta, tmp_path / 'ok.zip'
 
 
-def test_make_submission_zip_errors_are_one_line(submission, tmp_path, capsys, monkeypatch):
+def test_make_submission_zip_errors_are_one_line(submission, tmp_path, capsys):
     meta, good_zip = submission
     capsys.readouterr()
     corrupt = tmp_path / 'corrupt.zip'
@@ -473,9 +468,8 @@ def test_make_submission_zip_errors_are_one_line(submission, tmp_path, capsys, m
         line = error_line(capsys)
         assert line.startswith(f'error: {message}'), line
 
-    def denied(*args, **kwargs):  # a read-only folder (tests run as root, whom a read-only mode does not stop)
-        raise PermissionError(errno.EACCES, 'Permission denied')
-    monkeypatch.setattr('tempfile.mkstemp', denied)
-    assert submission_main(['write', str(tmp_path / 'predictions'), str(tmp_path / 'out.zip')]) == 2
-    assert error_line(capsys) == f'error: cannot write the submission zip {tmp_path / "out.zip"}: Permission denied'
-    assert not (tmp_path / 'out.zip').exists()
+    with read_only_folder(tmp_path / 'read_only') as read_only:
+        assert submission_main(['write', str(tmp_path / 'predictions'), str(read_only / 'out.zip')]) == 2
+        assert error_line(capsys) == (f'error: cannot write the submission zip {read_only / "out.zip"}: Read-only '
+                                      'file system')
+        assert not list(read_only.iterdir())

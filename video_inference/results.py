@@ -17,7 +17,7 @@ from typing import List, Optional
 import numpy as np
 from PIL import Image
 
-from datasets.pictures import draw_overlay
+from datasets.pictures import draw_overlay, save_png
 from datasets.video_files import Mp4Writer
 from utils import atomic_write, open_to_append, writing
 from video_inference.audio import AudioTrack
@@ -38,8 +38,7 @@ def query_folder_name(index: int, query: str) -> str:
 def write_mask_png(path, mask: np.ndarray):
     """A binary mask `[H, W]` (0/1 or bool) as a single-channel 0/255 PNG, replacing `path` whole (a WriteError
     naming it when it cannot be written)."""
-    with writing(path, 'mask'):
-        atomic_write(path, lambda f: Image.fromarray(mask.astype(np.uint8) * 255).save(f, format='png'))
+    save_png(path, Image.fromarray(mask.astype(np.uint8) * 255), 'mask')
 
 
 def write_npy_from_raw(path: Path, raw: Path, columns: int, dtype=np.float32):
@@ -98,8 +97,7 @@ class QueryResults:
             self.writer.write(overlay)
             position = self.count
             if position == self.preview_position or (self.preview_position is None and offset == 0):
-                with writing(self.folder / 'preview.png', 'preview'):
-                    atomic_write(self.folder / 'preview.png', lambda f: Image.fromarray(overlay).save(f, format='png'))
+                save_png(self.folder / 'preview.png', Image.fromarray(overlay), 'preview')
             with writing(self.folder / RECORDS, 'results folder'):
                 self.records.write(json.dumps({
                     'frame': position, 'source_index': frame.source_index, 'time': round(frame.time, 6),
