@@ -1,5 +1,8 @@
 """The window layout with overlaps, for files and for frames as they arrive (models/windows.py), and the rules
-that choose an object query across windows (video_inference/choice.py), on hand-made numbers."""
+that choose an object query across windows (video_inference/choice.py), on hand-made numbers; and the tool that
+compares the rules (tools/compare_object_query_rules.py), run on a tiny model."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +113,48 @@ def test_the_linked_rule_without_shared_frames_chooses_each_window_by_its_probab
     choice.add(np.array([0.6, 0.5]), None)
     choice.add(np.array([0.2, 0.7]), None)
     assert choice.choose() == [0, 1]
+
+
+# --- tools/compare_object_query_rules.py -----------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+    from tests.helpers import tiny_model_files
+    return tiny_model_files(tmp_path_factory.mktemp('rules'))
+
+
+def run_tool(tiny_checkpoint, *extra):
+    from tests.helpers import YTVOS_CONFIG
+    from tools import compare_object_query_rules
+    checkpoint, overrides = tiny_checkpoint
+    argv = ['-c', str(YTVOS_CONFIG), '-ckpt', str(checkpoint), '-ws', '4', '--videos', '2', '--frames', '12',
+            *[flag for item in overrides for flag in ('--set', item)], *map(str, extra)]
+    return compare_object_query_rules.main(argv)
+
+
+def test_the_rules_tool_scores_every_rule_on_every_expression_of_the_long_videos(tiny_checkpoint, tmp_path, capsys):
+    from datasets.synthetic import LongVideoSpec, generate_long_video
+    assert run_tool(tiny_checkpoint, '--json', tmp_path / 'rules.json') == 0
+    results = json.loads((tmp_path / 'rules.json').read_text())
+    assert list(results) == ['video', 'window', 'linked', 'causal']
+    spec = LongVideoSpec(seed=0, num_frames=12)
+    expressions = sum(len(generate_long_video(spec, index)[3]) for index in range(2))
+    for rule, result in results.items():
+        assert result['expressions'] == expressions, rule
+        assert 0 <= result['J'] <= 1 and 0 <= result['F'] <= 1
+        assert result['J&F'] == pytest.approx((result['J'] + result['F']) / 2)
+        assert result['window_overlap'] == (0 if rule == 'video' else 1)  # a quarter of 4, rounded up
+        assert result['causal'] == (rule in ('window', 'causal'))
+    table = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith('| `') for line in table) == 4
+
+
+def test_the_rules_tool_checks_its_values_and_output_before_segmenting(tiny_checkpoint, tmp_path, capsys):
+    assert run_tool(tiny_checkpoint, '--frames', 4) == 2
+    assert capsys.readouterr().err.strip() == ('error: --frames (4) must exceed -ws (4): the rules differ only on '
+                                               'videos longer than a window')
+    (tmp_path / 'a_file').write_text('')
+    assert run_tool(tiny_checkpoint, '--json', tmp_path / 'a_file' / 'rules.json') == 2
+    output = tmp_path / 'a_file' / 'rules.json'
+    assert capsys.readouterr().err.strip() == (f'error: cannot write the results file {output}: {tmp_path / "a_file"} '
+                                               'is a file, not a folder')

@@ -20,10 +20,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.synthetic import LongVideoSpec, generate_long_video  # noqa: E402
-from engine.launch import plan_processes, set_up_process  # noqa: E402
+from datasets.files import check_output_file  # noqa: E402
+from engine.launch import set_up_process  # noqa: E402
 from engine.run_config import load_run_config  # noqa: E402
 from metrics import mevis_expression_scores, mevis_summary  # noqa: E402
-from utils import UsageError, error_message  # noqa: E402
+from utils import UsageError, WriteError, atomic_write, error_message, writing  # noqa: E402
 from video_inference.choice import CAUSAL_RULES, RULES  # noqa: E402
 from video_inference.segmenter import VideoSegmenter, default_overlap  # noqa: E402
 from video_inference.sources import Frame  # noqa: E402
@@ -93,21 +94,27 @@ def main(argv=None) -> int:
         if args.frames <= args.window_size:
             raise UsageError(f'--frames ({args.frames}) must exceed -ws ({args.window_size}): the rules differ only '
                              'on videos longer than a window')
+        if args.json:
+            check_output_file(args.json, 'results file')  # (before the minutes of segmenting)
         config = load_run_config(args.config_path, args.overrides, running_mode='eval',
                                  checkpoint_path=args.checkpoint_path, needs_dataset=False, device='cpu')
         set_up_process('cpu', config.cpu_keep_freed_memory)
-        plan_processes(cpu=True)
         segmenter = VideoSegmenter.from_checkpoint(config, args.checkpoint_path)
         results = compare(segmenter, LongVideoSpec(seed=args.seed, num_frames=args.frames), args.videos,
                           args.window_size)
-    except UsageError as error:
+    except (UsageError, WriteError) as error:
         print(f'error: {error_message(error)}', file=sys.stderr)
         return 2
     print(f'{args.videos} long synthetic videos of {args.frames} frames, windows of {args.window_size}, '
           f'{results["video"]["expressions"]} expressions; checkpoint {args.checkpoint_path}\n')
     print(table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        try:
+            with writing(args.json, 'results file'):
+                atomic_write(args.json, lambda f: json.dump(results, f, indent=2), mode='w')
+        except WriteError as error:
+            print(f'error: {error_message(error)}', file=sys.stderr)
+            return 2
     return 0
 
 
