@@ -36,12 +36,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from datasets.video_files import Mp4Writer, write_mp4
+from datasets.video_files import write_mp4
 from engine.arguments import add_run_arguments
 from engine.launch import plan_processes, set_up_process
 from engine.run_config import load_run_config
 from engine.stopping import interrupting_stops, stopped_by
-from video_inference.overlays import OVERLAY_COLOURS, draw_overlays
+from video_inference.overlays import OVERLAY_COLOURS, OverlayVideoWriter, draw_overlays
 from video_inference.results import query_folder_name, write_mask_png
 from video_inference.audio import AudioTrack
 from video_inference.choice import FILE_RULE
@@ -164,14 +164,15 @@ class OverlayVideo:
     query's probability of "referred" per frame, for the plot (a request's frames are limited)."""
 
     def __init__(self, run_dir: Path, name: str, queries, frames, audio: Optional[AudioTrack]):
-        self.queries, self.frames, self.audio = queries, frames, audio
+        self.queries, self.frames = queries, frames
         self.colours = [OVERLAY_COLOURS[q % len(OVERLAY_COLOURS)] for q in range(len(queries))]
         self.folders = [run_dir / 'masks' / query_folder_name(q, query) for q, query in enumerate(queries)]
         for folder in self.folders:
             folder.mkdir(parents=True)
         height, width = frames.size
         self.scale = math.ceil(DISPLAY_MIN_HEIGHT / height) if height < DISPLAY_MIN_HEIGHT else 1
-        self.path, self.writer = run_dir / f'{name}_overlay.mp4', None
+        self.path = run_dir / f'{name}_overlay.mp4'
+        self.video = OverlayVideoWriter(self.path, frames.frame_rate, audio)
         self.probabilities = [[] for _ in queries]
         self.object_queries = [[] for _ in queries]
         self.windows = []
@@ -192,19 +193,10 @@ class OverlayVideo:
                 masks = [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in masks]
             overlay = draw_overlays(image, masks, self.queries, self.colours)
             overlay = np.pad(overlay, ((0, 0), (0, overlay.shape[1] % 2), (0, 0)))  # browsers play 4:2:0 only
-            if self.writer is None:
-                self.writer = Mp4Writer(self.path, self.frames.frame_rate, overlay.shape[:2])
-                if self.audio is not None:
-                    self.audio.add_stream(self.writer.container)
-            self.writer.write(overlay)
+            self.video.write(overlay)
 
     def close(self):
-        if self.writer is not None:
-            try:
-                if self.audio is not None:
-                    self.audio.write(self.writer.container, self.path)
-            finally:
-                self.writer.close()
+        self.video.close()
 
 
 # what a browser's <video> plays: the codecs, and the containers as PyAV names them (mp4/mov, webm/mkv, ogg)

@@ -1,12 +1,16 @@
-"""The front ends' overlays: a colour per text query, and every query's mask on a frame above a legend.
+"""The front ends' overlays: a colour per text query, every query's mask on a frame above a legend, and the video
+they go into with the input's sound (`OverlayVideoWriter`).
 """
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from datasets.pictures import blend_mask
+from datasets.video_files import Mp4Writer
+from video_inference.audio import AudioTrack
 
 OVERLAY_COLOURS = [(255, 64, 64), (64, 160, 255), (64, 220, 96), (255, 200, 0), (200, 64, 255), (0, 220, 220)]
 
@@ -38,3 +42,35 @@ def draw_overlays(image: Image.Image, masks: Sequence[np.ndarray], captions: Seq
         cv2.putText(legend, text, (text_left, baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
                     cv2.LINE_AA)
     return np.concatenate([rgb, legend])
+
+
+class OverlayVideoWriter:
+    """An overlay video (mp4) with the input's sound: opened at its first frame, whose size it takes, with the
+    audio's stream; `close` writes the sound of the time range (unless `with_audio` is false: a run cut short) and
+    closes the file. `container_options`: Mp4Writer's (a fragmented mp4 for a live source)."""
+
+    def __init__(self, path, frame_rate: float, audio: Optional[AudioTrack] = None,
+                 container_options: Optional[dict] = None):
+        self.path, self.frame_rate, self.audio = Path(path), frame_rate, audio
+        self.container_options = container_options
+        self.writer: Optional[Mp4Writer] = None
+
+    def write(self, frame: np.ndarray):
+        """frame [H, W, 3] uint8."""
+        if self.writer is None:
+            self.writer = Mp4Writer(self.path, self.frame_rate, frame.shape[:2],
+                                    container_options=self.container_options)
+            if self.audio is not None:
+                self.audio.add_stream(self.writer.container)
+        self.writer.write(frame)
+
+    def close(self, with_audio: bool = True):
+        """Closes the file (once; later calls do nothing)."""
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        try:
+            if with_audio and self.audio is not None:
+                self.audio.write(writer.container, writer.path)
+        finally:
+            writer.close()

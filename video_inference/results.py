@@ -18,11 +18,10 @@ import numpy as np
 from PIL import Image
 
 from datasets.pictures import draw_overlay, save_png
-from datasets.video_files import Mp4Writer
 from utils import atomic_write, open_to_append, writing
 from video_inference.audio import AudioTrack
 from video_inference.choice import RunningMean
-from video_inference.overlays import OVERLAY_COLOURS
+from video_inference.overlays import OVERLAY_COLOURS, OverlayVideoWriter
 from video_inference.segmenter import WindowResult
 
 # scores.json's frames and the probabilities, as they come (parts of the outputs, put together by `close`)
@@ -63,7 +62,7 @@ class QueryResults:
     def __init__(self, out_dir: Path, index: int, query: str, frame_rate: float,
                  preview_position: Optional[int] = None, fragmented: bool = False,
                  audio: Optional[AudioTrack] = None):
-        self.index, self.query, self.frame_rate, self.audio = index, query, frame_rate, audio
+        self.index, self.query, self.frame_rate = index, query, frame_rate
         self.folder = Path(out_dir) / query_folder_name(index, query)
         self.preview_position, self.fragmented = preview_position, fragmented
         self.colour = OVERLAY_COLOURS[index % len(OVERLAY_COLOURS)]
@@ -75,7 +74,8 @@ class QueryResults:
                 (self.folder / name).unlink(missing_ok=True)  # (what an interrupted run left, or a link)
             self.records = open_to_append(self.folder / RECORDS)
             self.probabilities = open_to_append(self.folder / PROBABILITIES, binary=True)
-        self.writer: Optional[Mp4Writer] = None
+        self.video = OverlayVideoWriter(self.folder / 'overlay.mp4', frame_rate, audio, container_options={
+            'movflags': 'frag_keyframe+empty_moov'} if fragmented else None)
         self.windows: List[dict] = []  # (a few numbers per window)
         self.scores = RunningMean()  # each object query's mean probability over the frames
         self.count = 0
@@ -88,13 +88,7 @@ class QueryResults:
             mask_path = Path('masks') / f'{frame.name}.png'  # (a file's stem or a frame number: one name)
             write_mask_png(self.folder / mask_path, mask)
             overlay = draw_overlay(image, mask, self.query, self.colour)  # [H0, W0, 3] uint8
-            if self.writer is None:
-                options = {'movflags': 'frag_keyframe+empty_moov'} if self.fragmented else None
-                self.writer = Mp4Writer(self.folder / 'overlay.mp4', self.frame_rate, overlay.shape[:2],
-                                        container_options=options)
-                if self.audio is not None:
-                    self.audio.add_stream(self.writer.container)
-            self.writer.write(overlay)
+            self.video.write(overlay)
             position = self.count
             if position == self.preview_position or (self.preview_position is None and offset == 0):
                 save_png(self.folder / 'preview.png', Image.fromarray(overlay), 'preview')
@@ -137,13 +131,7 @@ class QueryResults:
     def _close_files(self, audio: bool = False):
         self.records.close()
         self.probabilities.close()
-        if self.writer is not None:
-            writer, self.writer = self.writer, None
-            try:
-                if audio and self.audio is not None:
-                    self.audio.write(writer.container, writer.path)
-            finally:
-                writer.close()
+        self.video.close(with_audio=audio)
 
     def abort(self):
         """After a failure: the overlay video and the temporary files go (the masks written so far stay whole)."""
