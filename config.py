@@ -89,6 +89,9 @@ class Config:
     # datasets/synthetic.py: generated on first use (in the A2D-Sentences layout) when dataset_path is empty
     synthetic_dataset: bool = False
     dataset_path: str = './a2d_sentences'
+    # A2D-Sentences layout: also a sample of every annotated frame without the referred instance, trained toward
+    # "not referred" and scored for its probability of "referred", outside the mAP (false: the original's samples)
+    absent_referred_samples: bool = False
     # resize frames to the train/eval short and max sizes below (false: feed them at their own size);
     # the original's name for it, resize_and_crop_augmentations, is still read
     resize_frames: bool = True

@@ -33,16 +33,21 @@ class DatasetEntry:
     build: Union[BuildDataset, str]
     build_evaluator: Union[BuildEvaluator, str]
     image_sets: Tuple[str, ...] = ('train', 'test')  # the splits it has ('test' only: evaluation only)
+    options: Tuple[str, ...] = ()  # the keys of OPTIONS it reads
+
+
+# Config keys that only some datasets read: a dataset that does not read one refuses a config that turns it on.
+OPTIONS = ('absent_referred_samples',)
 
 
 _DATASETS: Dict[str, DatasetEntry] = {}
 
 
 def register_dataset(name: str, build: Union[BuildDataset, str], build_evaluator: Union[BuildEvaluator, str],
-                     image_sets: Tuple[str, ...] = ('train', 'test')):
-    """Make `name` a valid `dataset_name`. `build` and `build_evaluator` are functions or 'module:function' names.
-    Registering a name again replaces its entry."""
-    _DATASETS[name] = DatasetEntry(build, build_evaluator, tuple(image_sets))
+                     image_sets: Tuple[str, ...] = ('train', 'test'), options: Tuple[str, ...] = ()):
+    """Make `name` a valid `dataset_name`. `build` and `build_evaluator` are functions or 'module:function' names;
+    `options` the keys of `OPTIONS` its loader reads. Registering a name again replaces its entry."""
+    _DATASETS[name] = DatasetEntry(build, build_evaluator, tuple(image_sets), tuple(options))
 
 
 def dataset_names() -> Tuple[str, ...]:
@@ -53,6 +58,18 @@ def check_dataset_name(name: str):
     """A ValueError naming the registered datasets when `name` is not one of them."""
     if name not in _DATASETS:
         raise ValueError(f'config key dataset_name: {name!r} is not one of {", ".join(map(repr, _DATASETS))}')
+
+
+def check_dataset_config(config: Config):
+    """`check_dataset_name`, and a ValueError when the config turns on an option of `OPTIONS` that its dataset does
+    not read."""
+    check_dataset_name(config.dataset_name)
+    entry = _DATASETS[config.dataset_name]
+    for key in OPTIONS:
+        if getattr(config, key) and key not in entry.options:
+            readers = [name for name, other in _DATASETS.items() if key in other.options]
+            raise ValueError(f'config key {key}: {config.dataset_name} does not read it (only '
+                             f'{", ".join(readers)} does); set it to false')
 
 
 def _function(target: Union[Callable, str]) -> Callable:
@@ -74,6 +91,7 @@ def build_dataset(image_set: str, config=None, **config_values) -> Dataset:
     if image_set not in entry.image_sets:
         raise ValueError(f'{config.dataset_name} has no {image_set!r} split (it has: {", ".join(entry.image_sets)})'
                          + ('; it is used for evaluation only: run with -rm eval' if image_set == 'train' else ''))
+    check_dataset_config(config)
     transforms = transforms_from_config(image_set, config)
     with warnings.catch_warnings():
         if config.synthetic_dataset:  # generated data is not a subset of the real dataset: no row-count warnings
@@ -86,7 +104,8 @@ def build_evaluator(config: Config, dataset: Dataset, run_dir: Path, epoch: int)
     return _function(_DATASETS[config.dataset_name].build_evaluator)(config, dataset, Path(run_dir), epoch)
 
 
-register_dataset('a2d_sentences', 'datasets.a2d_sentences:build', 'datasets.coco_evaluator:build_coco_evaluator')
+register_dataset('a2d_sentences', 'datasets.a2d_sentences:build', 'datasets.coco_evaluator:build_coco_evaluator',
+                 options=('absent_referred_samples',))
 register_dataset('jhmdb_sentences', 'datasets.jhmdb_sentences:build', 'datasets.coco_evaluator:build_coco_evaluator',
                  image_sets=('test',))
 register_dataset('ref_youtube_vos', 'datasets.refer_youtube_vos:build', 'datasets.refer_youtube_vos:build_evaluator')

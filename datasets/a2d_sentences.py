@@ -2,6 +2,12 @@
 
 One sample is (query, video, annotated frame, instance) for every annotated frame in which the referred
 instance has a mask; its input is a window of `window_size` frames centred on that frame.
+
+With `absent_samples` (config key `absent_referred_samples`, which only the synthetic dataset's config sets) every
+other annotated frame of the referred instance's video gives a sample too: its target lists the instance with an
+empty mask and `is_ref_inst_visible` false, so training moves its probability of "referred" toward "not referred"
+(as the original's Refer-YouTube-VOS training does for frames without the referred object), and the evaluation
+scores it for that probability only, outside the COCO ground truth and mAP.
 """
 import csv
 import io
@@ -236,12 +242,13 @@ class A2DSentencesDataset(Dataset):
     the queries of all its samples: `(frames, [targets per query], [text queries])`."""
 
     def __init__(self, image_set: str, dataset_path: str, window_size: int, transforms: VideoTransforms,
-                 cache_dir: str, coco_gt_path: Optional[str] = None):
+                 cache_dir: str, coco_gt_path: Optional[str] = None, absent_samples: bool = False):
         if image_set not in SUBSET_CODES:
             raise ValueError(f"a2d_sentences: image_set must be 'train' or 'test', got {image_set!r}")
         self.root = require_dataset_root(Path(dataset_path).expanduser(), 'a2d_sentences', LAYOUT)
         self.image_set = image_set
         self.window_size = window_size
+        self.absent_samples = absent_samples
         self.transforms = transforms
         self.collator = collate_videos
         self.clip_reader = ClipReader()
@@ -259,7 +266,8 @@ class A2DSentencesDataset(Dataset):
         fingerprint = {'text_files': [file_digest(p) for p in source_files],
                        'mask_files': stat_fingerprint((p for files in mask_files.values() for p in files), self.root)}
         samples_cache = cache_path(cache_dir, 'a2d_sentences', f'samples_{image_set}',
-                                   dataset_path=str(self.root.resolve()), split=image_set, **fingerprint)
+                                   dataset_path=str(self.root.resolve()), split=image_set, **fingerprint,
+                                   **({'absent_samples': True} if absent_samples else {}))
         self.samples = [tuple(s) for s in load_or_build_json(
             samples_cache, lambda: self._build_samples(annotations, mask_files),
             f'the A2D-Sentences {image_set} sample list')]
@@ -315,17 +323,23 @@ class A2DSentencesDataset(Dataset):
 
     def _build_samples(self, annotations, mask_files) -> List[list]:
         instance_ids = {}
-        samples, unmatched = [], 0
+        samples, unmatched, absent = [], 0, 0
         for video_id, instance_id, query in tqdm(annotations, desc=f'A2D {self.image_set} samples',
                                                  disable=not is_main_process()):
             before = len(samples)
             for path in mask_files[video_id]:
                 if path not in instance_ids:
                     instance_ids[path] = read_instance_ids(path)
-                # a frame in which the instance has no mask gives no sample (and is not evaluated)
-                if instance_id in instance_ids[path]:
+                # a frame in which the instance has no mask gives no sample (and is not evaluated), unless
+                # absent_samples asks for those too
+                present = instance_id in instance_ids[path]
+                if present or self.absent_samples:
                     samples.append([query, video_id, int(path.stem), instance_id])
+                    absent += not present
             unmatched += len(samples) == before
+        if absent:
+            print(f'A2D-Sentences {self.image_set}: {absent} of {len(samples)} samples are of frames without the '
+                  'referred instance (absent_referred_samples)')
         if unmatched:
             print(f'A2D-Sentences {self.image_set}: {unmatched} queries refer to an instance without a mask in any '
                   f'annotated frame and give no sample')
@@ -339,7 +353,8 @@ class A2DSentencesDataset(Dataset):
             for _, video_id, frame, instance_id in tqdm(self.samples, desc='A2D test ground truth',
                                                          disable=not is_main_process()):
                 instance_ids, masks = read_frame_masks(self._mask_path(video_id, frame))
-                yield image_id(video_id, frame, instance_id), masks[instance_ids.index(instance_id)]
+                if instance_id in instance_ids or not self.absent_samples:  # absent: scored outside COCO
+                    yield image_id(video_id, frame, instance_id), masks[instance_ids.index(instance_id)]
         return coco_ground_truth(images())
 
     def __len__(self):
@@ -362,16 +377,22 @@ class A2DSentencesDataset(Dataset):
         masks = torch.from_numpy(np.ascontiguousarray(masks))  # [N, H, W] bool
         items = []
         for text_query, _, _, instance_id in samples:
-            if instance_id not in instance_ids:
+            present = instance_id in instance_ids
+            if not present and not self.absent_samples:
                 raise ValueError(f'{mask_path}: instance {instance_id} is not among {instance_ids}; the cached '
                                  f'sample list does not match the mask files')
-            target = {'masks': masks,
+            # an absent referred instance is one more object with an empty mask
+            frame_masks = masks if present else torch.cat([masks, masks.new_zeros((1, *masks.shape[-2:]))])
+            target = {'masks': frame_masks,
                       'orig_size': tuple(masks.shape[-2:]),
                       'size': torch.tensor(masks.shape[-2:]),
-                      'referred_instance_idx': torch.tensor(instance_ids.index(instance_id)),
-                      'area': masks.sum((1, 2)).double(),
-                      'iscrowd': torch.zeros(len(masks)),
+                      'referred_instance_idx': torch.tensor(instance_ids.index(instance_id) if present
+                                                            else len(instance_ids)),
+                      'area': frame_masks.sum((1, 2)).double(),
+                      'iscrowd': torch.zeros(len(frame_masks)),
                       'image_id': image_id(video_id, frame, instance_id)}
+            if self.absent_samples:  # (the matcher reads it from every target or from none)
+                target['is_ref_inst_visible'] = torch.tensor(present)
             targets = [None] * self.window_size
             targets[self.window_size // 2] = target
             items.append(self.transforms(frames, targets, text_query))
@@ -383,4 +404,5 @@ class A2DSentencesDataset(Dataset):
 
 def build(image_set: str, config, transforms: VideoTransforms) -> A2DSentencesDataset:
     return A2DSentencesDataset(image_set, config.dataset_path, config.window_size, transforms, config.cache_dir,
-                               coco_gt_path=config.dataset_coco_gt_format_path)
+                               coco_gt_path=config.dataset_coco_gt_format_path,
+                               absent_samples=config.absent_referred_samples)

@@ -1,4 +1,6 @@
-"""The evaluator of A2D-Sentences and JHMDB-Sentences: COCO mask mAP, precision@K and IoU, evaluation pictures."""
+"""The evaluator of A2D-Sentences and JHMDB-Sentences: COCO mask mAP, precision@K and IoU, evaluation pictures, and
+for samples that say whether their referred object shows (`is_ref_inst_visible`), the probability of "referred"
+where it shows and where it does not."""
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +22,13 @@ class ReferringCOCOEvaluator(Evaluator):
     """Every object query's mask of every annotated frame is one scored prediction (the paper's protocol, as the
     original: `mAP 0.5:0.95` ...), scored by pycocotools against the dataset's COCO-format ground truth; P@K and
     IoU use each frame's top-scored mask (`metrics.compute_referring_metrics`). Up to `num_pictures` samples are
-    drawn into `pictures_dir`: the top-scored mask beside the ground truth."""
+    drawn into `pictures_dir`: the top-scored mask beside the ground truth.
+
+    Samples whose target says the referred object is absent (`is_ref_inst_visible` false: the loaders'
+    `absent_referred_samples`) are left out of the COCO ground truth and of every number above. Where targets say
+    it at all, the metrics include `referred_probability_present` and `referred_probability_absent`: the mean over
+    those samples of the highest probability of "referred" among the object queries (what the top-scored mask is
+    scored with), which should be high where the object shows and low where it does not."""
     best_metric = 'mAP 0.5:0.95'
     higher_is_better = True
     checkpoint_key = 'best_mAP'
@@ -33,6 +41,7 @@ class ReferringCOCOEvaluator(Evaluator):
         self.precision_and_iou = precision_and_iou
         self.postprocessor = A2DSentencesPostProcess()
         self.predictions = []
+        self.top_scores = {'present': [], 'absent': []}  # samples with is_ref_inst_visible only
 
     def update(self, batch, outputs):
         valid_indices = batch['valid_indices'].tolist()
@@ -45,20 +54,31 @@ class ReferringCOCOEvaluator(Evaluator):
         processed = self.postprocessor(flat_outputs, batch['samples'].tensors.shape[-2:],
                                        [t['size'] for t in flat_targets], [t['orig_size'] for t in flat_targets])
         for frame, target in zip(processed, flat_targets):
+            present = bool(target.get('is_ref_inst_visible', True))
+            if 'is_ref_inst_visible' in target:
+                self.top_scores['present' if present else 'absent'].append(frame['scores'].max().item())
+            if not present:
+                continue
             for score, rle in zip(frame['scores'].tolist(), frame['rle_masks']):
                 self.predictions.append({'image_id': target['image_id'], 'category_id': 1, 'segmentation': rle,
                                          'score': score})
 
     def summarize(self) -> Optional[dict]:
         predictions = all_gather_lists(self.predictions)
+        top_scores = {kind: all_gather_lists(scores) for kind, scores in self.top_scores.items()}
         if not is_main_process():
             return None
         coco_gt = metrics.read_coco_ground_truth(self.coco_gt_path)
-        return metrics.compute_referring_metrics(coco_gt, predictions, verbose=False,
-                                                 precision_and_iou=self.precision_and_iou)
+        results = metrics.compute_referring_metrics(coco_gt, predictions, verbose=False,
+                                                    precision_and_iou=self.precision_and_iou)
+        for kind, scores in top_scores.items():
+            if scores:
+                results[f'referred_probability_{kind}'] = float(np.mean(scores))
+        return results
 
     def describe(self, metrics):
-        shown = [key for key in ('mAP 0.5:0.95', 'P@0.5', 'mean_iou', 'overall_iou') if key in metrics]
+        shown = [key for key in ('mAP 0.5:0.95', 'P@0.5', 'mean_iou', 'overall_iou', 'referred_probability_present',
+                                 'referred_probability_absent') if key in metrics]
         return ', '.join(f'{key} {metrics[key]:.4f}' for key in shown)
 
     def _save_pictures(self, batch, outputs, targets):

@@ -7,6 +7,12 @@ over a textured, noisy background. Every object is referred to by one expression
 objects of one video differ, so the expression is needed to know which object to segment. The masks in the
 annotation files are the drawn shapes, pixel for pixel.
 
+The expressions also say "when": in some videos one object enters or leaves the frame, so that it is absent
+from one annotated frame and present in another, and some videos have one more expression that names an object
+they do not show ("the white square" among a red, a green and a blue shape). An annotated frame's `.h5` file
+lists the instances visible in it, as A2D's do; with the config key `absent_referred_samples` the A2D loader
+also makes samples of the frames where a referred instance is absent, trained toward "not referred".
+
 Beside the data, `text_encoder/` holds a small RoBERTa-architecture model (config.json, no weights) and a
 byte-level BPE tokenizer fitted to the expressions' vocabulary, for training with `text_encoder_pretrained:
 false` on a machine without hub access.
@@ -34,7 +40,7 @@ from datasets.video_files import write_mp4
 
 # The version of what this module writes; part of the default directory name, so data written by an older
 # generator is never mistaken for the current one.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_FILE = 'synthetic_dataset.json'
 TEXT_ENCODER_DIR = 'text_encoder'
 
@@ -67,6 +73,12 @@ class SyntheticSpec:
     radius_small: float = 7.0
     radius_big: float = 10.0
     speed: float = 1.5  # pixels per frame
+    # "When": the share of videos in which one object enters or leaves the frame (absent from the first or the
+    # last annotated frame, its centre inside the frame in the other), at crossing_speed pixels per frame
+    crossing_rate: float = 0.35
+    crossing_speed: float = 5.0
+    # the share of videos with one more expression, naming a colour none of its objects has
+    absent_expression_rate: float = 0.5
     # Control experiments: every expression replaced by this sentence (then the text cannot tell the objects apart)
     fixed_query: str = ''
 
@@ -118,16 +130,16 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def place_objects(rng: np.random.Generator, spec, path) -> List[SyntheticObject]:
     """Objects with distinct colours (`spec.min_objects` to `spec.max_objects`), drawn again until no two overlap in
-    any frame; `path(radius, direction)` draws an object's centres [T, 2] with `rng`."""
+    any frame; `path(index, radius, direction)` draws the centres [T, 2] of the index-th object with `rng`."""
     num_objects = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     colours = rng.choice(list(COLOURS), num_objects, replace=False)
     for _ in range(1000):
         objects = []
-        for colour in colours:
+        for index, colour in enumerate(colours):
             size_name = SIZES[int(rng.integers(len(SIZES)))]
             radius = spec.radius_small if size_name == 'small' else spec.radius_big
             direction = list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))]
-            centres = path(radius, direction)
+            centres = path(index, radius, direction)
             objects.append(SyntheticObject(str(colour), SHAPES[int(rng.integers(len(SHAPES)))], size_name,
                                            direction, centres, radius))
         if _separated(objects):
@@ -136,10 +148,14 @@ def place_objects(rng: np.random.Generator, spec, path) -> List[SyntheticObject]
 
 
 def render_objects(rng: np.random.Generator, spec: SyntheticSpec) -> List[SyntheticObject]:
-    """Objects with distinct colours whose shapes never overlap in any frame and stay inside it."""
+    """Objects with distinct colours whose shapes never overlap in any frame; all stay inside the frame, except,
+    in a share `spec.crossing_rate` of the videos, one that enters or leaves it (see `crossing_path`)."""
     size, num_frames = spec.frame_size, spec.num_frames
+    crossing = rng.random() < spec.crossing_rate
 
-    def path(radius, direction):
+    def path(index, radius, direction):
+        if crossing and index == 0:
+            return crossing_path(rng, spec, radius, direction)
         velocity = np.array(DIRECTIONS[direction], dtype=float) * spec.speed
         travel = velocity * (num_frames - 1)
         margin = radius * EXTENT + 1
@@ -150,7 +166,32 @@ def render_objects(rng: np.random.Generator, spec: SyntheticSpec) -> List[Synthe
                              f'{spec.speed} px for {num_frames} frames')
         start = rng.uniform(low, high)
         return start + np.arange(num_frames)[:, None] * velocity
+
     return place_objects(rng, spec, path)
+
+
+def crossing_path(rng: np.random.Generator, spec: SyntheticSpec, radius: float, direction: str) -> np.ndarray:
+    """Centres [T, 2] of an object that enters the frame (absent from the first annotated frame, its centre inside
+    the frame in the last) or leaves it (the other way round) through the edge it moves towards/from, at
+    `spec.crossing_speed`; its other coordinate keeps it inside the frame."""
+    size, speed = spec.frame_size, spec.crossing_speed
+    first, last = min(spec.annotated_frames) - 1, max(spec.annotated_frames) - 1
+    outside = radius * EXTENT + 1  # a centre this far beyond an edge draws nothing
+    # depth: how far the centre lies inside the edge it crosses (negative: beyond it); 0 at time `edge`
+    earliest, latest = first + outside / speed, last  # entering; leaving mirrors it
+    if earliest > latest:
+        raise ValueError(f'annotated_frames {spec.annotated_frames} are too close for an object of radius {radius} '
+                         f'to cross an edge at {speed} px per frame between them')
+    edge = rng.uniform(earliest, latest)
+    entering = rng.random() < 0.5
+    frames = np.arange(spec.num_frames, dtype=float)
+    depth = speed * (frames - edge) if entering else speed * ((first + last - edge) - frames)
+    unit = np.array(DIRECTIONS[direction], dtype=float)
+    # moving right or down, an entering object crosses the low edge (0) and a leaving one the high edge (size)
+    low_edge = (unit.sum() > 0) == entering
+    along = depth if low_edge else size - depth
+    across = np.full(spec.num_frames, rng.uniform(outside, size - outside))  # inside the frame
+    return np.stack([along, across], axis=1) if unit[0] else np.stack([across, along], axis=1)
 
 
 def _separated(objects: List[SyntheticObject]) -> bool:
@@ -181,17 +222,20 @@ def render_video(rng: np.random.Generator, objects: List[SyntheticObject], spec:
 
 # --- referring expressions ---------------------------------------------------------------------------------------
 
-def describe(objects: List[SyntheticObject], index: int, annotated_positions, rng: np.random.Generator) -> str:
+def describe(objects: List[SyntheticObject], index: int, annotated_positions, visible: np.ndarray,
+             rng: np.random.Generator) -> str:
     """An expression naming the colour and the shape of object `index`, sometimes with one more true attribute
-    (its size, its direction of motion, or its side of the frame when it is the leftmost/rightmost object in
-    every annotated frame)."""
+    (its size, its direction of motion, or its side of the frame when it is visible and the leftmost/rightmost
+    visible object in every annotated frame). visible: [objects, annotated frames] bool, whether each object
+    shows in each annotated frame (0-based `annotated_positions`)."""
     obj = objects[index]
     extras = [f'moving {obj.direction}', 'size']
     xs = np.array([[o.centres[t][0] for t in annotated_positions] for o in objects])  # [objects, frames]
-    if np.all(xs[index] == xs.min(0)):
-        extras.append('on the left')
-    if np.all(xs[index] == xs.max(0)):
-        extras.append('on the right')
+    if visible[index].all():
+        if np.all(xs[index] == np.where(visible, xs, np.inf).min(0)):
+            extras.append('on the left')
+        if np.all(xs[index] == np.where(visible, xs, -np.inf).max(0)):
+            extras.append('on the right')
     choice = int(rng.integers(len(extras) + 2))  # two chances in (extras + 2) of colour and shape alone
     article = 'the' if rng.random() < 0.8 else 'a'
     if choice >= len(extras):
@@ -199,6 +243,13 @@ def describe(objects: List[SyntheticObject], index: int, annotated_positions, rn
     if extras[choice] == 'size':
         return f'{article} {obj.size} {obj.colour} {obj.shape}'
     return f'{article} {obj.colour} {obj.shape} {extras[choice]}'
+
+
+def describe_absent(objects: List[SyntheticObject], rng: np.random.Generator) -> str:
+    """An expression naming a colour that none of `objects` has, and a shape: an object the video does not show."""
+    colour = rng.choice(sorted(set(COLOURS) - {o.colour for o in objects}))
+    article = 'the' if rng.random() < 0.8 else 'a'
+    return f'{article} {colour} {SHAPES[int(rng.integers(len(SHAPES)))]}'
 
 
 def vocabulary() -> List[str]:
@@ -245,16 +296,22 @@ def write_frame_annotation(path: Path, instance_ids: List[int], masks: np.ndarra
     with h5py.File(path, 'w') as f:
         f['instance'] = np.asarray(instance_ids, dtype=np.float64)
         f['reMask'] = stored[0] if len(instance_ids) == 1 else stored
-        f['reBBox'] = np.asarray(boxes, dtype=np.float64).T
+        f['reBBox'] = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).T
 
 
 def generate_video(spec: SyntheticSpec, split: str, index: int):
-    """(frames [T, H, W, 3] uint8, masks [objects, T, H, W] bool, objects, expressions) of one video."""
+    """(frames [T, H, W, 3] uint8, masks [expressions, T, H, W] bool, objects, expressions) of one video. Expression
+    k < len(objects) refers to object k; one more, in a share `spec.absent_expression_rate` of the videos, names an
+    object the video does not show (its masks are empty)."""
     rng = np.random.default_rng([spec.seed, 0 if split == 'train' else 1, index])
     objects = render_objects(rng, spec)
     frames, masks = render_video(rng, objects, spec)
     positions = [f - 1 for f in spec.annotated_frames]
-    expressions = [spec.fixed_query or describe(objects, k, positions, rng) for k in range(len(objects))]
+    visible = masks[:, positions].any(axis=(2, 3))  # [objects, annotated frames]
+    expressions = [spec.fixed_query or describe(objects, k, positions, visible, rng) for k in range(len(objects))]
+    if rng.random() < spec.absent_expression_rate and len(objects) < len(COLOURS):
+        expressions.append(spec.fixed_query or describe_absent(objects, rng))
+        masks = np.concatenate([masks, np.zeros_like(masks[:1])])
     return frames, masks, objects, expressions
 
 
@@ -281,7 +338,7 @@ def long_video_objects(rng: np.random.Generator, spec: LongVideoSpec) -> List[Sy
     visible during a part of the video, never overlapping another."""
     size, num_frames = spec.frame_size, spec.num_frames
 
-    def path(radius, direction):
+    def path(index, radius, direction):
         unit = np.array(DIRECTIONS[direction], dtype=float)
         speed = rng.uniform(spec.min_speed, spec.max_speed)
         outside = radius * EXTENT + 1  # the centre's distance beyond an edge at which the shape is out of frame
@@ -359,9 +416,9 @@ def write_synthetic_dataset(root, spec: SyntheticSpec = SyntheticSpec(), progres
         frames, masks, objects, expressions = generate_video(spec, split, index)
         write_clip(clips_dir / f'{vid}.mp4', frames)
         (masks_dir / vid).mkdir()
-        instance_ids = list(range(len(objects)))
-        for frame in spec.annotated_frames:
-            write_frame_annotation(masks_dir / vid / f'{frame:05d}.h5', instance_ids, masks[:, frame - 1])
+        for frame in spec.annotated_frames:  # an instance is listed in the frames it shows in, as in A2D
+            shown = [k for k, mask in enumerate(masks[:, frame - 1]) if mask.any()]
+            write_frame_annotation(masks_dir / vid / f'{frame:05d}.h5', shown, masks[shown, frame - 1])
         videoset_rows.append([vid, 0, '00:00:00', f'00:00:{spec.num_frames // 8:02d}', spec.frame_size,
                               spec.frame_size, spec.num_frames, len(spec.annotated_frames),
                               0 if split == 'train' else 1])

@@ -14,7 +14,7 @@ def load_run_config(config_path, overrides: Sequence[str] = (), *, running_mode:
     """The config of a run (`running_mode` 'train' or 'eval'; inference and the demo are evaluation runs).
 
     Evaluation reads no pretrained backbone or text-encoder weights (the checkpoint holds every weight), unless an
-    override says otherwise. The dataset name must be registered (datasets/__init__.py). With the synthetic config,
+    override says otherwise. The dataset name must be registered (datasets/__init__.py), with the options it reads. With the synthetic config,
     the synthetic dataset (and the tokenizer written beside it) is generated on first use: always when the run
     reads the dataset, and otherwise (`needs_dataset` false: inference) when the config names no text encoder.
     `checkpoint_path` must be a file."""
@@ -23,7 +23,7 @@ def load_run_config(config_path, overrides: Sequence[str] = (), *, running_mode:
     try:
         config = load_config(config_path, list(overrides), running_mode=running_mode, checkpoint_path=checkpoint_path,
                              **flags)
-        datasets.check_dataset_name(config.dataset_name)
+        datasets.check_dataset_config(config)
     except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
         raise UsageError(error_message(error)) from error
     if config.synthetic_dataset and (needs_dataset or not config.text_encoder_type):

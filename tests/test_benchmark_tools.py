@@ -287,6 +287,8 @@ def test_benchmark_data_counts_must_be_positive(flag, capsys):
     (['--train-videos', '0'], '--train-videos must be at least 1, got 0'),
     (['--test-videos', '-3'], '--test-videos must be at least 1, got -3'),
     (['--seed', '-1'], '--seed must be 0 or more, got -1'),
+    (['--crossing-rate', '1.5'], '--crossing-rate must lie in 0..1, got 1.5'),
+    (['--absent-expression-rate', '-0.1'], '--absent-expression-rate must lie in 0..1, got -0.1'),
 ])
 def test_make_synthetic_dataset_counts_must_be_positive(tmp_path, capsys, args, message):
     from tools.make_synthetic_dataset import main as make_main

@@ -8,13 +8,16 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+import main
+
 from datasets import build_dataset
 from datasets import a2d_sentences
 from datasets.a2d_sentences import ClipReader, read_text_annotations
+from datasets.coco_evaluator import ReferringCOCOEvaluator
 from datasets.files import DatasetLayoutError, SubsetWarning
 from tests.fake_datasets import (A2D_VIDEOS, a2d_mask, dataset_config, frame_index, make_a2d_dataset, write_a2d_h5,
                                  write_index_clip)
-from tests.helpers import SHARED_DIR
+from tests.helpers import JHMDB_CONFIG, SHARED_DIR, YTVOS_CONFIG
 
 REAL_A2D = SHARED_DIR / 'data' / 'real' / 'a2d_sentences'
 WINDOW = 8
@@ -203,6 +206,86 @@ def test_configured_ground_truth_path(fake, tmp_path):
     config = a2d_config(fake.root, tmp_path / 'cache', dataset_coco_gt_format_path=str(gt_path))
     dataset = build_dataset('test', **config)
     assert dataset.coco_gt_path == gt_path and gt_path.is_file()
+
+
+# --- absent_referred_samples: frames without the referred instance -----------------------------------------
+
+# the fake's annotated frames without the referred instance: trainvid001 instance 1 at frame 10, testvid0001
+# instance 2 at frame 12 (see A2D_VIDEOS)
+ABSENT = {'train': [('dog on the right', 'trainvid001', 10, 1)], 'test': [('red car', 'testvid0001', 12, 2)]}
+
+
+@pytest.mark.parametrize('image_set', ['train', 'test'])
+def test_absent_referred_samples_add_the_frames_without_the_instance(fake, tmp_path, image_set):
+    plain = build_dataset(image_set, **a2d_config(fake.root, tmp_path))
+    assert plain.samples == fake.samples[image_set]  # the original's samples when the key is off
+    dataset = build_dataset(image_set, **a2d_config(fake.root, tmp_path, absent_referred_samples=True))
+    assert sorted(dataset.samples) == sorted(fake.samples[image_set] + ABSENT[image_set])
+    for idx in range(len(dataset)):
+        item = dataset[idx]
+        queries = [item[2]] if image_set == 'train' else item[2]
+        targets = [item[1]] if image_set == 'train' else item[1]
+        samples = [dataset.samples[i] for i in dataset.items[idx]]
+        for sample, query, query_targets in zip(samples, queries, targets):
+            _, video_id, frame, instance_id = sample
+            target = query_targets[WINDOW // 2]
+            shown = A2D_VIDEOS[video_id][2][frame]
+            expected = [fake.mask(video_id, frame, i) for i in shown]
+            if sample in ABSENT[image_set]:  # one more object: the referred one, with an empty mask
+                expected.append(np.zeros((64, 96), dtype=bool))
+                assert target['referred_instance_idx'].item() == len(shown)
+            else:
+                assert target['referred_instance_idx'].item() == shown.index(instance_id)
+            assert np.array_equal(target['masks'].numpy(), np.stack(expected))
+            assert target['is_ref_inst_visible'].item() == (sample not in ABSENT[image_set])
+            assert target['area'].tolist() == [m.sum() for m in expected] and len(target['iscrowd']) == len(expected)
+    if image_set == 'test':  # the ground truth holds the frames that show the instance, as before
+        coco = COCO(str(dataset.coco_gt_path))
+        assert [img['id'] for img in coco.dataset['images']] == [f'v_{v}_f_{f}_i_{i}'
+                                                                 for _, v, f, i in fake.samples['test']]
+    if image_set == 'train':  # the original's targets carry no visibility
+        assert all('is_ref_inst_visible' not in plain[i][1][WINDOW // 2] for i in range(len(plain)))
+
+
+def test_the_evaluator_scores_absent_frames_for_the_probability_of_referred_only(fake, tmp_path):
+    dataset = build_dataset('test', **a2d_config(fake.root, tmp_path, absent_referred_samples=True))
+    evaluator = ReferringCOCOEvaluator(dataset.coco_gt_path, tmp_path / 'pictures', 0)
+    batch = dataset.collator([dataset[i] for i in range(len(dataset))])
+    queries = len(batch['text_queries'])  # 4: frame 4 (red car, blue car), frame 12 (red car absent, blue car)
+    targets = batch['targets'][WINDOW // 2]
+    absent = [not t['is_ref_inst_visible'] for t in targets]
+    assert absent == [False, False, True, False]
+    # query q's object query 0 holds the ground truth mask; the probabilities of "referred" are chosen by hand
+    probabilities = torch.tensor([[0.9, 0.2], [0.8, 0.6], [0.1, 0.3], [0.7, 0.05]])  # [queries, object queries]
+    masks = torch.full((1, queries, 2, 64, 96), -10.0)
+    for q, target in enumerate(targets):
+        masks[0, q, 0] = torch.where(target['masks'][target['referred_instance_idx']], 10.0, -10.0)
+    logits = torch.stack([probabilities.log(), (1 - probabilities).log()], -1)[None]  # [1, queries, 2, 2]
+    evaluator.update(batch, {'pred_masks': masks, 'pred_is_referred': logits})
+    assert {p['image_id'] for p in evaluator.predictions} == {t['image_id'] for t, a in zip(targets, absent) if not a}
+    metrics = evaluator.summarize()
+    assert metrics['referred_probability_absent'] == pytest.approx(0.3)
+    assert metrics['referred_probability_present'] == pytest.approx((0.9 + 0.8 + 0.7) / 3)
+    assert metrics['mAP 0.5:0.95'] == pytest.approx(1.0) and metrics['P@0.9'] == 1.0  # the present frames only
+    plain = ReferringCOCOEvaluator(dataset.coco_gt_path, tmp_path / 'pictures', 0)
+    for target in targets:  # targets without visibility (the original's samples): no such metric
+        target.pop('is_ref_inst_visible')
+    batch['targets'] = [(None,) * queries] * WINDOW
+    batch['targets'][WINDOW // 2] = tuple(t for t, a in zip(targets, absent) if not a)
+    keep = [q for q in range(queries) if not absent[q]]
+    plain.update(batch, {'pred_masks': masks[:, keep], 'pred_is_referred': logits[:, keep]})
+    assert not any(key.startswith('referred_probability') for key in plain.summarize())
+
+
+@pytest.mark.parametrize('config_path', [JHMDB_CONFIG, YTVOS_CONFIG])
+def test_datasets_that_do_not_read_absent_referred_samples_refuse_it(config_path, tmp_path, capsys):
+    args = ['-rm', 'eval', '-c', config_path, '--cpu', '-ckpt', tmp_path / 'model.pth', '--output_dir',
+            tmp_path / 'run', '--set', 'absent_referred_samples=true']
+    assert main.main(list(map(str, args))) == 2
+    dataset_name = config_path.stem.replace('refer_', 'ref_')
+    assert capsys.readouterr().err.strip() == (f'error: config key absent_referred_samples: {dataset_name} does not '
+                                               'read it (only a2d_sentences does); set it to false')
+    assert not (tmp_path / 'run').exists()
 
 
 # --- caching ----------------------------------------------------------------------------------------------

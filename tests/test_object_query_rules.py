@@ -147,6 +147,39 @@ def test_the_rules_tool_scores_every_rule_on_every_expression_of_the_long_videos
         assert result['causal'] == (rule in ('window', 'causal'))
     table = capsys.readouterr().out.splitlines()
     assert sum(line.startswith('| `') for line in table) == 4
+    # these 12-frame videos have their objects in view throughout: no frame without the object
+    assert all(result['referred_probability_absent'] is None for result in results.values())
+    assert all(line.split(' | ')[6].endswith(' / -') for line in table if line.startswith('| `'))
+
+
+@pytest.mark.slow
+def test_the_rules_tool_splits_the_probability_of_referred_by_whether_the_object_is_shown(tiny_checkpoint,
+                                                                                          tmp_path):
+    """The chosen object query's probability of "referred", averaged over the frames that show the expression's
+    object and over those that do not (seed 1, 20 frames: objects enter or leave)."""
+    from datasets.synthetic import LongVideoSpec, generate_long_video
+    from engine.run_config import load_run_config
+    from tests.helpers import YTVOS_CONFIG
+    from tools.compare_object_query_rules import InMemoryFrames
+    from video_inference.segmenter import VideoSegmenter
+    checkpoint, overrides = tiny_checkpoint
+    config = load_run_config(YTVOS_CONFIG, overrides, running_mode='eval', checkpoint_path=str(checkpoint),
+                             needs_dataset=False, device='cpu')
+    segmenter = VideoSegmenter.from_checkpoint(config, checkpoint)
+    assert run_tool(tiny_checkpoint, '--json', tmp_path / 'rules.json', '--seed', 1, '--frames', 20) == 0
+    results = json.loads((tmp_path / 'rules.json').read_text())
+    spec = LongVideoSpec(seed=1, num_frames=20)
+    probabilities = {True: [], False: []}
+    for index in range(2):
+        frames, masks, _, expressions = generate_long_video(spec, index)
+        windows = list(segmenter.segment(InMemoryFrames(frames), expressions, 4, 'video', num_frames=20))
+        for q, object_masks in enumerate(masks):
+            chosen = [p for w in windows for p in w.probabilities[q][:, w.object_queries[q]]]
+            for frame, probability in enumerate(chosen):
+                probabilities[bool(object_masks[frame].any())].append(probability)
+    assert probabilities[True] and probabilities[False]  # the long videos have frames of both kinds
+    assert results['video']['referred_probability_present'] == pytest.approx(np.mean(probabilities[True]))
+    assert results['video']['referred_probability_absent'] == pytest.approx(np.mean(probabilities[False]))
 
 
 def test_the_rules_tool_checks_its_values_and_output_before_segmenting(tiny_checkpoint, tmp_path, capsys):

@@ -11,8 +11,8 @@ import torch
 import datasets
 import main
 from config import load_config
-from datasets.synthetic import (MARKER_FILE, TEXT_ENCODER_DIR, SyntheticSpec, ensure_synthetic_dataset,
-                                generate_video, vocabulary, write_synthetic_dataset)
+from datasets.synthetic import (MARKER_FILE, SHAPES, TEXT_ENCODER_DIR, SyntheticSpec, ensure_synthetic_dataset,
+                                generate_video, shape_mask, vocabulary, write_synthetic_dataset)
 from models import build_model
 from models.text_encoder import build_text_encoder
 from tests.helpers import SYNTHETIC_CONFIG
@@ -49,13 +49,60 @@ def test_the_same_spec_writes_the_same_dataset(small_dataset, tmp_path):
 
 
 def test_expressions_name_the_colour_and_shape_of_their_object():
-    for index in range(20):
+    absent_expressions = 0
+    for index in range(40):
         _, masks, objects, expressions = generate_video(SMALL, 'train', index)
-        assert len(expressions) == len(objects) == len(masks)
+        assert len(expressions) == len(masks) in (len(objects), len(objects) + 1)
         assert len({o.colour for o in objects}) == len(objects)  # the colour alone tells the objects apart
         for obj, expression in zip(objects, expressions):
             assert obj.colour in expression.split() and obj.shape in expression.split()
             assert set(expression.split()) <= set(vocabulary())
+        for expression, expression_masks in zip(expressions[len(objects):], masks[len(objects):]):
+            # one more expression: an object the video does not show, of a colour none of its objects has
+            absent_expressions += 1
+            assert not expression_masks.any() and set(expression.split()) <= set(vocabulary())
+            assert not {o.colour for o in objects} & set(expression.split())
+            assert set(expression.split()) & set(SHAPES)
+    assert 40 * 0.3 < absent_expressions < 40 * 0.7  # absent_expression_rate 0.5
+
+
+def test_some_objects_enter_or_leave_between_the_annotated_frames():
+    """An object that crosses an edge is absent from one annotated frame and shows about half of itself or more
+    in the other; every other object shows whole in every frame."""
+    annotated = [f - 1 for f in SMALL.annotated_frames]
+    crossing = 0
+    for index in range(40):
+        _, masks, objects, _ = generate_video(SMALL, 'train', index)
+        for obj, object_masks in zip(objects, masks):
+            areas = object_masks.sum((1, 2))
+            border = np.ones_like(object_masks[0])
+            border[1:-1, 1:-1] = False
+            if not (object_masks & border).any():  # whole in every frame
+                assert areas.min() > 0
+                continue
+            crossing += 1
+            whole = shape_mask(obj.shape, (SMALL.frame_size / 2,) * 2, obj.radius, SMALL.frame_size).sum()
+            shown = areas[annotated] > 0
+            assert shown.tolist() in ([True, False], [False, True]), areas
+            assert areas[annotated].max() >= 0.4 * whole, (areas, whole)
+            travel = np.abs(np.diff(obj.centres, axis=0)).sum(1)
+            assert np.allclose(travel, SMALL.crossing_speed)
+    assert 40 * 0.2 < crossing < 40 * 0.5  # crossing_rate 0.35, one object per such video
+    without = SyntheticSpec(seed=3, crossing_rate=0, absent_expression_rate=0)  # the data without "when"
+    for index in range(40):
+        _, masks, objects, expressions = generate_video(without, 'train', index)
+        assert len(expressions) == len(objects) and masks.sum((2, 3)).min() > 0
+
+
+def test_mask_files_list_the_instances_a_frame_shows(small_dataset):
+    masks_dir = small_dataset / 'text_annotations' / 'a2d_annotation_with_instances'
+    for split, count in (('train', SMALL.num_train_videos), ('test', SMALL.num_test_videos)):
+        for index in range(count):
+            _, masks, _, _ = generate_video(SMALL, split, index)
+            for frame in SMALL.annotated_frames:
+                stored = read_h5(masks_dir / f'syn{split}{index:05d}' / f'{frame:05d}.h5')
+                shown = [k for k in range(len(masks)) if masks[k, frame - 1].any()]
+                assert stored['instance'].astype(int).tolist() == shown
 
 
 def test_the_a2d_loader_reads_it(small_dataset, tmp_path):
@@ -63,7 +110,8 @@ def test_the_a2d_loader_reads_it(small_dataset, tmp_path):
                                   'horizontal_flip_augmentations=false'])
     train = datasets.build_dataset('train', **config.to_dict())
     test = datasets.build_dataset('test', **config.to_dict())
-    counts = {split: sum(len(generate_video(SMALL, split, i)[2]) * len(SMALL.annotated_frames)
+    # absent_referred_samples (configs/synthetic.yaml): a sample for every expression and annotated frame
+    counts = {split: sum(len(generate_video(SMALL, split, i)[3]) * len(SMALL.annotated_frames)
                          for i in range(n)) for split, n in (('train', 4), ('test', 2))}
     assert (len(train.samples), len(test.samples)) == (counts['train'], counts['test'])
     assert len(test) == 2 * len(SMALL.annotated_frames)  # test items: an annotated frame with all its queries
@@ -78,6 +126,7 @@ def test_the_a2d_loader_reads_it(small_dataset, tmp_path):
             centre = query_targets[config.window_size // 2]
             assert torch.equal(centre['masks'][centre['referred_instance_idx']],
                                torch.from_numpy(masks[instance_id, frame - 1]))
+            assert centre['is_ref_inst_visible'].item() == masks[instance_id, frame - 1].any()
             assert query == expressions[instance_id] and f'{video_id},{instance_id},{query}' in annotations
 
 

@@ -7,7 +7,9 @@
 Every video is segmented for each of its expressions (one per object, "the <colour> <shape>") with each rule, and
 scored against the drawn masks over all frames with the MeViS J and F (metrics.mevis_expression_scores: an empty
 prediction of an empty target scores 1, so frames where the object has left count). Prints a markdown table:
-J&F, J and F averaged over the expressions, and the seconds each rule took.
+J&F, J and F averaged over the expressions, the mean probability of "referred" of the chosen object query (what
+inference.py records and the demo plots per frame) over the frames that show the expression's object and over
+those that do not, and the seconds each rule took.
 """
 import argparse
 import json
@@ -41,35 +43,55 @@ class InMemoryFrames:
         return iter(self.items)
 
 
-def segment(segmenter: VideoSegmenter, frames: InMemoryFrames, queries, window_size: int, rule: str) -> np.ndarray:
-    """[queries, T, H, W] masks of every frame."""
+def segment(segmenter: VideoSegmenter, frames: InMemoryFrames, queries, window_size: int, rule: str):
+    """Masks [queries, T, H, W] of every frame, and the probability of "referred" [queries, T] of the object query
+    chosen for each frame."""
     results = list(segmenter.segment(frames, queries, window_size, rule, num_frames=len(frames.frames)))
-    return np.stack([np.concatenate([result.masks[q] for result in results]) for q in range(len(queries))])
+    masks = np.stack([np.concatenate([result.masks[q] for result in results]) for q in range(len(queries))])
+    probabilities = np.stack([np.concatenate([result.probabilities[q][:, result.object_queries[q]]
+                                              for result in results]) for q in range(len(queries))])
+    return masks, probabilities
 
 
 def compare(segmenter: VideoSegmenter, spec: LongVideoSpec, count: int, window_size: int) -> dict:
     scores = {rule: {} for rule in RULES}
+    referred = {rule: {True: [], False: []} for rule in RULES}  # probabilities of frames with / without the object
     seconds = dict.fromkeys(RULES, 0.0)
     for index in range(count):
         frames, masks, _, expressions = generate_long_video(spec, index)
         source = InMemoryFrames(frames)
         for rule in RULES:
             started = time.perf_counter()
-            predicted = segment(segmenter, source, expressions, window_size, rule)
+            predicted, probabilities = segment(segmenter, source, expressions, window_size, rule)
             seconds[rule] += time.perf_counter() - started
+            shown = masks.any(axis=(2, 3))  # [objects, T]
+            for present in (True, False):
+                referred[rule][present] += probabilities[shown == present].tolist()
             scores[rule].update(mevis_expression_scores(
                 (f'video{index}', str(k), masks[k], predicted[k]) for k in range(len(expressions))))
     return {rule: {**mevis_summary(scores[rule]), 'expressions': len(scores[rule]), 'seconds': seconds[rule],
+                   'referred_probability_present': mean_or_none(referred[rule][True]),
+                   'referred_probability_absent': mean_or_none(referred[rule][False]),
                    'window_overlap': default_overlap(rule, window_size), 'causal': rule in CAUSAL_RULES}
             for rule in RULES}
 
 
+def mean_or_none(values):
+    """The mean, or None for no values (videos whose objects are always in view have no absent frame)."""
+    return float(np.mean(values)) if values else None
+
+
 def table(results: dict) -> str:
-    lines = ['| rule | causal | windows overlap by | J&F | J | F | seconds |',
-             '| --- | --- | --- | --- | --- | --- | --- |']
+    def number(value):
+        return '-' if value is None else f'{value:.3f}'
+
+    lines = ['| rule | causal | windows overlap by | J&F | J | F | P(referred) present / absent | seconds |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- |']
     for rule, result in results.items():
         lines.append(f'| `{rule}` | {"yes" if result["causal"] else "no"} | {result["window_overlap"]} | '
                      f'{100 * result["J&F"]:.1f} | {100 * result["J"]:.1f} | {100 * result["F"]:.1f} | '
+                     f'{number(result["referred_probability_present"])} / '
+                     f'{number(result["referred_probability_absent"])} | '
                      f'{result["seconds"]:.0f} |')
     return '\n'.join(lines)
 

@@ -2,6 +2,7 @@
 
     python tools/make_synthetic_dataset.py OUT_DIR [--seed 0] [--train-videos 600] [--test-videos 60]
     python tools/make_synthetic_dataset.py OUT_DIR --fixed-query "an object"     # the control without text
+    python tools/make_synthetic_dataset.py OUT_DIR --crossing-rate 0 --absent-expression-rate 0   # no "when"
     python tools/make_synthetic_dataset.py OUT_DIR --long-videos 20 [--long-frames 48]
 
 `python main.py -rm train -c configs/synthetic.yaml --cpu` generates the default dataset by itself; this tool
@@ -29,6 +30,10 @@ def check_args(args):
         raise UsageError(f'--long-videos must be at least 1, got {args.long_videos}')
     if args.seed < 0:
         raise UsageError(f'--seed must be 0 or more, got {args.seed}')
+    for flag, rate in (('--crossing-rate', args.crossing_rate),
+                       ('--absent-expression-rate', args.absent_expression_rate)):
+        if not 0 <= rate <= 1:
+            raise UsageError(f'{flag} must lie in 0..1, got {rate}')
     check_directory_path(args.output, 'output directory')
     if Path(args.output).exists():
         raise UsageError(f'output directory {args.output} exists; give a new directory')
@@ -44,13 +49,20 @@ def main(argv=None):
     parser.add_argument('--fixed-query', default='',
                         help='replace every expression by this sentence (a control: the text no longer tells which '
                              'object is meant)')
+    parser.add_argument('--crossing-rate', type=float, default=defaults.crossing_rate,
+                        help='share of the videos in which one object enters or leaves the frame between the '
+                             'annotated frames (default %(default)s)')
+    parser.add_argument('--absent-expression-rate', type=float, default=defaults.absent_expression_rate,
+                        help='share of the videos with one more expression naming an object they do not show '
+                             '(default %(default)s)')
     parser.add_argument('--long-videos', type=int, metavar='N',
                         help='write N long test videos (objects entering and leaving) instead of the dataset')
     parser.add_argument('--long-frames', type=int, default=LongVideoSpec().num_frames,
                         help='frames per long video (default %(default)s)')
     args = parser.parse_args(argv)
     spec = SyntheticSpec(seed=args.seed, num_train_videos=args.train_videos, num_test_videos=args.test_videos,
-                         fixed_query=args.fixed_query)
+                         fixed_query=args.fixed_query, crossing_rate=args.crossing_rate,
+                         absent_expression_rate=args.absent_expression_rate)
     try:
         check_args(args)
         if args.long_videos is not None:
