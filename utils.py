@@ -2,6 +2,7 @@
 file I/O, autocast."""
 import errno
 import io
+import json
 import os
 import secrets
 from contextlib import contextmanager
@@ -197,6 +198,13 @@ def atomic_write(path, write_fn, mode='wb'):
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+
+
+def write_json(path, value, what: str = 'file', indent: Optional[int] = None):
+    """Write `value` as JSON to `path`, whole or not at all (`atomic_write`); an OSError is a WriteError naming the
+    file as the `what` (`writing`)."""
+    with writing(path, what):
+        atomic_write(path, lambda f: json.dump(value, f, indent=indent), mode='w')
 
 
 def cache_dir(configured: str) -> Path:

@@ -22,8 +22,8 @@ import numpy as np
 import torch.distributed as dist
 from pycocotools import mask as coco_mask
 
-from utils import (WriteError, atomic_write, cache_dir, file_in_the_way, is_dist_avail_and_initialized, is_main_process,
-                   writing)
+from utils import (WriteError, cache_dir, file_in_the_way, is_dist_avail_and_initialized, is_main_process,
+                   write_json)
 
 # Bump when the content of a cached file changes, so older caches are not picked up.
 CACHE_FORMAT_VERSION = 1
@@ -181,8 +181,8 @@ def load_or_build_json(path: Path, build: Callable[[], object], description: str
     if is_main_process() and not path.exists():
         print(f'building {description} (cached in {path})')
         data = build()
-        with writing(path, 'cache file'):  # (a full disk leaves no half-written file: the next run builds it again)
-            atomic_write(path, lambda f: json.dump(data, f), mode='w')
+        # (a full disk leaves no half-written file: the next run builds it again)
+        write_json(path, data, 'cache file')
     if is_dist_avail_and_initialized():
         dist.barrier()
     return read_json(path, f'{description} in JSON')

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from utils import atomic_write, is_main_process, safe_name, writing
+from utils import is_main_process, safe_name, write_json
 from .files import (DatasetLayoutError, cache_path, check_row_count, coco_ground_truth, load_or_build_json,
                     raise_if_missing, read_json, read_text, require_dataset_root, require_file, require_path,
                     stat_fingerprint)
@@ -157,8 +157,7 @@ class JHMDBSentencesDataset(Dataset):
             path = cache_path(configured_cache_dir, 'jhmdb_sentences', f'samples_metadata_seed{seed}',
                               dataset_path=str(self.root.resolve()))
         if is_main_process():
-            with writing(path, 'samples metadata file'):
-                atomic_write(path, lambda f: json.dump(entries, f), mode='w')
+            write_json(path, entries, 'samples metadata file')
             print(f'JHMDB-Sentences: drew {len(entries)} samples with seed {seed}, written to {path}')
         return path
 

@@ -12,7 +12,6 @@ root (`MeViSSubmissionEvaluator`, `check_submission_zip`). `mask_dict.json` is r
 file per video under `cache_dir`, so a training item reads only its video's masks.
 """
 import io
-import json
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from metrics import mevis_expression_scores, mevis_summary
 from models.postprocessing import ReferYoutubeVOSPostProcess
-from utils import all_gather_lists, atomic_write, is_main_process, writing
+from utils import all_gather_lists, is_main_process, write_json, writing
 from .evaluator import Evaluator
 from .files import (SubsetWarning, cache_path, check_row_count, file_digest, load_or_build_json, read_json,
                     require_dataset_root, require_path, stat_fingerprint)
@@ -201,8 +200,7 @@ def split_mask_dict(mask_dict_path: Path, videos: Mapping[str, dict], out_dir: P
             raise ValueError(f'{mask_dict_path}: video {video_id}: {e}') from e
         # (a full disk leaves the files written before whole and the index unwritten: the next run splits again)
         video_path = out_dir / f'{video_id}.json'
-        with writing(video_path, 'MeViS mask file'):
-            atomic_write(video_path, lambda f: json.dump(video_masks, f), mode='w')
+        write_json(video_path, video_masks, 'MeViS mask file')
     return list(videos)
 
 

@@ -27,8 +27,8 @@ from config import Config, save_config
 from engine.checkpoints import CheckpointFolder
 from engine.logs import format_table, log_to_file, logger
 from engine.provenance import describe
-from utils import RunError, UsageError, atomic_write, check_directory_path, error_message, is_main_process, \
-    open_to_append, replacing, writing
+from utils import RunError, UsageError, check_directory_path, error_message, is_main_process, open_to_append, \
+    replacing, write_json, writing
 
 # What tells that a folder holds a run, and what --overwrite deletes of a previous run (nothing else is touched).
 RUN_MARKERS = ('config.yaml', 'checkpoints')
@@ -261,9 +261,7 @@ class RunDirectory:
             logger.info(f'--overwrite: removed the previous run\'s {", ".join(removed)} from {self.path}')
 
     def write_json(self, name: str, value, what: str):
-        path = self.path / name
-        with writing(path, what):
-            atomic_write(path, lambda f: f.write(json.dumps(value, indent=2)), mode='w')
+        write_json(self.path / name, value, what, indent=2)
 
     def record_metrics(self, epoch: int, eval_metrics: dict, train_losses: Optional[dict] = None, wandb_run=None):
         """Print the metrics as a table, write metrics_epoch_<n>.json and append a line to metrics.jsonl."""

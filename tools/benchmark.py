@@ -203,7 +203,7 @@ def main(argv=None):
         return 0
     # (imported here: a case's process imports only what it measures)
     sys.path.insert(0, str(REPO))
-    from utils import UsageError, WriteError, atomic_write, writing
+    from utils import UsageError, WriteError, write_json
     try:
         check_args(args)
     except (UsageError, WriteError) as error:
@@ -238,8 +238,7 @@ def main(argv=None):
               f'faster than one at a time, peak memory {shared["peak_memory_gib"] / per_query["peak_memory_gib"]:.2f}x')
     if args.json:
         try:
-            with writing(args.json, 'results file'):
-                atomic_write(args.json, lambda f: json.dump(results, f, indent=2), mode='w')
+            write_json(args.json, results, 'results file', indent=2)
         except WriteError as error:
             print(f'error: {error}', file=sys.stderr)
             return 2

@@ -12,7 +12,6 @@ inference.py records and the demo plots per frame) over the frames that show the
 those that do not, and the seconds each rule took.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from datasets.files import check_output_file  # noqa: E402
 from engine.launch import set_up_process  # noqa: E402
 from engine.run_config import load_run_config  # noqa: E402
 from metrics import mevis_expression_scores, mevis_summary  # noqa: E402
-from utils import UsageError, WriteError, atomic_write, error_message, writing  # noqa: E402
+from utils import UsageError, WriteError, error_message, write_json  # noqa: E402
 from video_inference.choice import CAUSAL_RULES, RULES  # noqa: E402
 from video_inference.segmenter import VideoSegmenter, default_overlap  # noqa: E402
 from video_inference.sources import Frame  # noqa: E402
@@ -132,8 +131,7 @@ def main(argv=None) -> int:
     print(table(results))
     if args.json:
         try:
-            with writing(args.json, 'results file'):
-                atomic_write(args.json, lambda f: json.dump(results, f, indent=2), mode='w')
+            write_json(args.json, results, 'results file', indent=2)
         except WriteError as error:
             print(f'error: {error_message(error)}', file=sys.stderr)
             return 2

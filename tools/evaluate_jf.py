@@ -37,7 +37,6 @@ output that cannot be written stop the tool with a one-line error naming the fil
 of a dataset's layout prints the expected layout before that line.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -55,7 +54,7 @@ from datasets import mevis, ref_davis17, refer_youtube_vos  # noqa: E402
 from datasets.files import DatasetLayoutError, check_output_file, read_text  # noqa: E402
 from datasets.submission import PredictionMasks  # noqa: E402
 from datasets.video_expressions import read_meta_expressions  # noqa: E402
-from utils import WriteError, atomic_write, error_message, writing  # noqa: E402
+from utils import WriteError, error_message, write_json  # noqa: E402
 
 GT_LAYOUT = ('the Refer-YouTube-VOS train layout: <root>/train/Annotations/<video>/<frame>.png, palette PNGs '
              'whose pixel value is the object id (0 = background)')
@@ -361,8 +360,7 @@ def main(argv=None) -> int:
             results = evaluate_refer_youtube_vos(args.predictions, annotations_dir, meta, selected,
                                                  show_progress=not args.no_progress)
         print(format_results(results, args.benchmark))
-        with writing(output, 'results file'):
-            atomic_write(output, lambda f: json.dump(results, f, indent=2), mode='w')
+        write_json(output, results, 'results file', indent=2)
     except (OSError, ValueError, RuntimeError, WriteError) as error:  # bad inputs or output: one line naming the file
         if isinstance(error, DatasetLayoutError):
             print(f'expected layout:\n{error.layout}', file=sys.stderr)

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 from tqdm import tqdm
 
 from engine.launch import Process
-from utils import UsageError, WriteError, all_gather_lists, atomic_write, error_message, safe_name, writing
+from utils import UsageError, WriteError, all_gather_lists, error_message, safe_name, write_json
 from video_inference.one_video import SegmentationOptions, read_summary, segment_into_folder
 from video_inference.segmenter import VideoSegmenter
 
@@ -126,6 +126,5 @@ def segment_collection(process: Process, segmenter: VideoSegmenter, entries: Seq
         counts[key] = counts.get(key, 0) + 1
     summary = {**record, 'videos': statuses, 'counts': counts, 'processes': process.world_size,
                'options': asdict(options)}
-    with writing(Path(out_dir) / SUMMARY, 'summary'):
-        atomic_write(Path(out_dir) / SUMMARY, lambda f: f.write(json.dumps(summary, indent=1)), mode='w')
+    write_json(Path(out_dir) / SUMMARY, summary, 'summary', indent=1)
     return summary

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from utils import UsageError, atomic_write, writing
+from utils import UsageError, write_json, writing
 from video_inference.audio import AudioTrack
 from video_inference.choice import FILE_RULE
 from video_inference.results import QueryResults
@@ -112,8 +112,7 @@ def segment_into_folder(segmenter: VideoSegmenter, video: str, queries: Sequence
                'latency_seconds': {'mean': round(sum(latencies) / len(latencies), 4), 'max': round(max(latencies), 4),
                                    'per_window': [round(value, 4) for value in latencies]},
                'stop_reason': getattr(frames, 'stop_reason', None), 'options': asdict(options)}
-    with writing(out_dir / SUMMARY, 'summary'):
-        atomic_write(out_dir / SUMMARY, lambda f: f.write(json.dumps(summary, indent=1)), mode='w')
+    write_json(out_dir / SUMMARY, summary, 'summary', indent=1)
     return summary
 
 
