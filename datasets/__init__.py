@@ -86,12 +86,11 @@ def build_dataset(image_set: str, config=None, **config_values) -> Dataset:
         config_values['dataset_name'] = config
         config = None
     config = as_config(config if config is not None else config_values)
-    check_dataset_name(config.dataset_name)
+    check_dataset_config(config)
     entry = _DATASETS[config.dataset_name]
     if image_set not in entry.image_sets:
         raise ValueError(f'{config.dataset_name} has no {image_set!r} split (it has: {", ".join(entry.image_sets)})'
                          + ('; it is used for evaluation only: run with -rm eval' if image_set == 'train' else ''))
-    check_dataset_config(config)
     transforms = transforms_from_config(image_set, config)
     with warnings.catch_warnings():
         if config.synthetic_dataset:  # generated data is not a subset of the real dataset: no row-count warnings

@@ -14,10 +14,10 @@ def load_run_config(config_path, overrides: Sequence[str] = (), *, running_mode:
     """The config of a run (`running_mode` 'train' or 'eval'; inference and the demo are evaluation runs).
 
     Evaluation reads no pretrained backbone or text-encoder weights (the checkpoint holds every weight), unless an
-    override says otherwise. The dataset name must be registered (datasets/__init__.py), with the options it reads. With the synthetic config,
-    the synthetic dataset (and the tokenizer written beside it) is generated on first use: always when the run
-    reads the dataset, and otherwise (`needs_dataset` false: inference) when the config names no text encoder.
-    `checkpoint_path` must be a file."""
+    override says otherwise. The dataset name must be registered (datasets/__init__.py), and the dataset must read
+    the options the config turns on. With the synthetic config, the synthetic dataset (and the tokenizer written
+    beside it) is generated on first use: always when the run reads the dataset, and otherwise (`needs_dataset`
+    false: inference) when the config names no text encoder. `checkpoint_path` must be a file."""
     if running_mode == 'eval':
         flags = dict(backbone_pretrained=False, text_encoder_pretrained=False, **flags)
     try:

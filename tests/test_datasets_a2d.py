@@ -9,7 +9,6 @@ import torch
 from pycocotools.coco import COCO
 
 import main
-
 from datasets import build_dataset
 from datasets import a2d_sentences
 from datasets.a2d_sentences import ClipReader, read_text_annotations
